@@ -1,0 +1,158 @@
+//! Engine errors: a small set of kinds, each with a stable code the binding hands to JS.
+//!
+//! Messages name the server (`host:port` or socket path) and what went wrong. They are built
+//! only from that target and from Redis's own error text, never from the connection settings,
+//! so a password cannot end up in one.
+
+use std::fmt;
+use std::time::Duration;
+
+/// What went wrong, as far as a caller needs to tell apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The server could not be reached or the connection broke.
+    Connection,
+    /// The server did not answer within the command timeout.
+    Timeout,
+    /// The server refused the credentials.
+    Auth,
+    /// The server answered with an error reply (READONLY, OOM, WRONGTYPE, ...).
+    Redis,
+    /// The lock engine was closed.
+    Closed,
+    /// The configuration cannot work (bad TLS material, bad address).
+    Config,
+}
+
+impl ErrorKind {
+    /// The stable code JS callers match on (`err.code`).
+    pub fn code(self) -> &'static str {
+        match self {
+            ErrorKind::Connection => "ERR_LOCK_CONNECTION",
+            ErrorKind::Timeout => "ERR_LOCK_TIMEOUT",
+            ErrorKind::Auth => "ERR_LOCK_AUTH",
+            ErrorKind::Redis => "ERR_LOCK_REDIS",
+            ErrorKind::Closed => "ERR_LOCK_CLOSED",
+            ErrorKind::Config => "ERR_LOCK_CONFIG",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineError {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl EngineError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn closed() -> Self {
+        Self::new(ErrorKind::Closed, "the Lock was closed")
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.kind.code()
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Whether the connection this error came from should be replaced.
+    pub(crate) fn breaks_connection(&self) -> bool {
+        matches!(self.kind, ErrorKind::Connection | ErrorKind::Timeout)
+    }
+
+    /// Classifies an error of the redis crate that happened while talking to `target`.
+    ///
+    /// `timeout` is the limit that applied, for the message.
+    pub(crate) fn from_redis(err: &redis::RedisError, target: &str, timeout: Duration) -> Self {
+        use redis::ErrorKind as K;
+        let ms = timeout.as_millis();
+        if err.is_timeout() {
+            return Self::new(
+                ErrorKind::Timeout,
+                format!("Redis at {target} did not answer within {ms} ms"),
+            );
+        }
+        if err.is_connection_refusal() {
+            return Self::new(
+                ErrorKind::Connection,
+                format!("cannot connect to Redis at {target}: connection refused"),
+            );
+        }
+        let code = err.code().unwrap_or("");
+        if err.kind() == K::AuthenticationFailed
+            || matches!(code, "WRONGPASS" | "NOAUTH" | "NOPERM")
+        {
+            return Self::new(
+                ErrorKind::Auth,
+                format!(
+                    "Redis at {target} refused the credentials: {}",
+                    describe_server_error(err)
+                ),
+            );
+        }
+        match err.kind() {
+            K::Io | K::Parse => Self::new(
+                ErrorKind::Connection,
+                format!("connection to Redis at {target} failed: {}", io_detail(err)),
+            ),
+            K::InvalidClientConfig => Self::new(
+                ErrorKind::Config,
+                format!(
+                    "invalid connection settings for {target}: {}",
+                    err.category()
+                ),
+            ),
+            _ => Self::new(
+                ErrorKind::Redis,
+                format!(
+                    "Redis at {target} replied with an error: {}",
+                    describe_server_error(err)
+                ),
+            ),
+        }
+    }
+}
+
+/// `CODE detail` of a server error reply, without the crate's decorations.
+fn describe_server_error(err: &redis::RedisError) -> String {
+    match (err.code(), err.detail()) {
+        (Some(code), Some(detail)) => format!("{code} {detail}"),
+        (Some(code), None) => code.to_string(),
+        (None, Some(detail)) => detail.to_string(),
+        (None, None) => err.category().to_string(),
+    }
+}
+
+/// The I/O cause in words (the OS message), or the error's category.
+fn io_detail(err: &redis::RedisError) -> String {
+    // `RedisError`'s Display of an I/O error is the OS error text; it holds no settings.
+    let text = err.to_string();
+    if text.is_empty() {
+        err.category().to_string()
+    } else {
+        text
+    }
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for EngineError {}
+
+pub type EngineResult<T> = Result<T, EngineError>;

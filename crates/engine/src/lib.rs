@@ -1,0 +1,20 @@
+//! The lock engine of simple-distributed-lock 2.
+//!
+//! Leases on Redis with v1's data layout (`SET key token PX ttl NX`, compare-and-delete,
+//! compare-and-expire), one self-healing connection per server, and one auto-extension
+//! scheduler per `Locker`. Nothing here knows about Node.js; the binding crate wraps it.
+
+mod config;
+mod connection;
+mod error;
+mod extender;
+mod locker;
+mod scripts;
+mod token;
+
+pub use config::{
+    DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, ServerAddress, ServerConfig, TlsOptions,
+};
+pub use error::{EngineError, EngineResult, ErrorKind};
+pub use extender::{LostCallback, LostLease, LostReason};
+pub use locker::{AcquireOptions, Locker, RetryPolicy};
