@@ -1,0 +1,152 @@
+// Types of simple-distributed-lock 2. The v1 API (Lock, LockOptions, AcquireOptions) is
+// unchanged; everything else is new in v2.
+
+/** Options for `new Lock(redis, options)`. */
+export interface LockOptions {
+  /** Lock TTL in milliseconds (default: 10000). A positive integer, at most 2147483647. */
+  ttl?: number;
+  /** Prefix for Redis keys (default: "lock:"). Comes after the ioredis instance's `keyPrefix`. */
+  prefix?: string;
+  /**
+   * v2: limit for opening the engine's connection, handshake included, in ms. Default: the
+   * ioredis instance's `connectTimeout` unless that is ioredis's default (10000), else 1000.
+   */
+  connectTimeout?: number;
+  /**
+   * v2: limit for each Redis reply, in ms. Default: the ioredis instance's `commandTimeout`,
+   * else 1000. A command past it rejects with `LockTimeoutError`.
+   */
+  commandTimeout?: number;
+}
+
+/** Options for `acquire()` and `using()`. */
+export interface AcquireOptions {
+  /** Override TTL for this call, in ms (default: the Lock's ttl). */
+  ttl?: number;
+  /**
+   * Keep refreshing the TTL every floor(ttl / 2) ms until released or lost (default: false).
+   * The refresh does not keep the process alive.
+   */
+  autoExtend?: boolean;
+  /** Retry attempts after the first (default: 0). `Infinity` retries until acquired. */
+  retryCount?: number;
+  /** Delay in ms between attempts (default: 200). */
+  retryDelay?: number;
+}
+
+/** TLS settings, as ioredis's `tls` option holds them (the fields the engine uses). */
+export interface TlsConnectionOptions {
+  /** PEM root certificate(s) to trust instead of the bundled Mozilla roots. */
+  ca?: string | Uint8Array | Array<string | Uint8Array>;
+  /** PEM client certificate and key, for mutual TLS. */
+  cert?: string | Uint8Array | Array<string | Uint8Array>;
+  key?: string | Uint8Array | Array<string | Uint8Array>;
+  /** `false` accepts any server certificate (default: true). */
+  rejectUnauthorized?: boolean;
+}
+
+/** A plain description of one Redis server (the same field names as ioredis's options). */
+export interface RedisConnectionOptions {
+  host?: string;
+  port?: number;
+  /** Unix socket path; wins over host and port. */
+  path?: string;
+  username?: string;
+  password?: string;
+  db?: number;
+  /** `true` or an object: connect with TLS. */
+  tls?: boolean | TlsConnectionOptions;
+  /** Prepended to every key, as ioredis's `keyPrefix` is. */
+  keyPrefix?: string;
+  connectTimeout?: number;
+  commandTimeout?: number;
+}
+
+/**
+ * An ioredis `Redis` instance (ioredis 4, 5 or 6). The engine reads its `options` (host, port,
+ * path, username, password, db, tls, keyPrefix, connectTimeout, commandTimeout) and opens its
+ * own connection; the instance itself is not used.
+ */
+export interface RedisInstanceLike {
+  readonly options: object;
+}
+
+/** What `new Lock()` accepts: an ioredis instance, a `redis://`/`rediss://`/`unix://` URL, or options. */
+export type RedisConnection = RedisInstanceLike | string | RedisConnectionOptions;
+
+export declare class Lock {
+  /**
+   * Create a Lock. Does no I/O: the engine connects on the first call.
+   * @throws {TypeError | RangeError} bad arguments
+   * @throws {LockUnsupportedError} an ioredis Cluster or Sentinel instance (not supported yet)
+   */
+  constructor(redis: RedisConnection, options?: LockOptions);
+
+  /**
+   * Acquire the lock on `resource` (`SET key token PX ttl NX`).
+   * @returns the owner token (32 hex characters), or `null` if every attempt found it held.
+   */
+  acquire(resource: string, opts?: AcquireOptions): Promise<string | null>;
+
+  /**
+   * Release the lock if `token` still owns it; stops its auto-extension first.
+   * @returns `true` if released, `false` if it had expired or belongs to someone else.
+   */
+  release(resource: string, token: string): Promise<boolean>;
+
+  /**
+   * Set the lock's TTL to `ttl` ms (default: the Lock's ttl) if `token` still owns it.
+   * Never re-creates an expired lock.
+   * @returns `true` if extended, `false` if the lock was lost.
+   */
+  extend(resource: string, token: string, ttl?: number): Promise<boolean>;
+
+  /** Whether anybody holds the lock on `resource`. */
+  isLocked(resource: string): Promise<boolean>;
+
+  /**
+   * Acquire, run `fn`, release (even if `fn` throws).
+   * @throws {LockAcquireError} `Failed to acquire lock on resource "<resource>".`
+   */
+  using<T>(resource: string, fn: () => Promise<T>, opts?: AcquireOptions): Promise<T>;
+
+  /**
+   * v2: stop auto-extension and pending retries and close the engine's connection. Locks still
+   * held expire at their ttl. Later calls reject with `LockClosedError`. Idempotent.
+   */
+  close(): Promise<void>;
+
+  /** v2: `await using lock = new Lock(...)` closes it at the end of the scope. */
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+/** Base class of every error the lock raises about Redis or its own state. */
+export declare class LockError extends Error {
+  /** A stable code: `ERR_LOCK_...`. */
+  readonly code: string;
+}
+/** Redis could not be reached, or the connection broke. `code`: `ERR_LOCK_CONNECTION`. */
+export declare class LockConnectionError extends LockError {}
+/** Redis did not answer within `commandTimeout`. `code`: `ERR_LOCK_TIMEOUT`. */
+export declare class LockTimeoutError extends LockConnectionError {}
+/** Redis refused the credentials (never shown). `code`: `ERR_LOCK_AUTH`. */
+export declare class LockAuthError extends LockError {}
+/** Redis answered with an error reply (READONLY, OOM, ...). `code`: `ERR_LOCK_REDIS`. */
+export declare class LockRedisError extends LockError {}
+/** The Lock was closed. `code`: `ERR_LOCK_CLOSED`. */
+export declare class LockClosedError extends LockError {}
+/** Connection settings that cannot work (bad TLS material). `code`: `ERR_LOCK_CONFIG`. */
+export declare class LockConfigError extends LockError {}
+/** A deployment not supported yet (Cluster, Sentinel, several servers). `code`: `ERR_LOCK_UNSUPPORTED`. */
+export declare class LockUnsupportedError extends LockError {}
+/** `using()` could not acquire the lock. `code`: `ERR_LOCK_NOT_ACQUIRED`. */
+export declare class LockAcquireError extends LockError {
+  readonly resource: string;
+}
+
+declare global {
+  interface SymbolConstructor {
+    /** Declared here too so the types work without TypeScript's `esnext.disposable` lib. */
+    readonly asyncDispose: unique symbol;
+  }
+}

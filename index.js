@@ -1,0 +1,19 @@
+'use strict';
+// The one implementation behind both `require` and `import` (index.mjs re-exports this), so
+// `instanceof` checks work whichever way a module loaded the package.
+
+const { Lock } = require('./lib/lock');
+const errors = require('./lib/errors');
+
+module.exports = {
+  Lock,
+  LockError: errors.LockError,
+  LockConnectionError: errors.LockConnectionError,
+  LockTimeoutError: errors.LockTimeoutError,
+  LockAuthError: errors.LockAuthError,
+  LockRedisError: errors.LockRedisError,
+  LockClosedError: errors.LockClosedError,
+  LockConfigError: errors.LockConfigError,
+  LockUnsupportedError: errors.LockUnsupportedError,
+  LockAcquireError: errors.LockAcquireError,
+};

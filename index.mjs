@@ -1,0 +1,15 @@
+// ES module entry: the CommonJS implementation, re-exported by name.
+import lib from './index.js';
+
+export const {
+  Lock,
+  LockError,
+  LockConnectionError,
+  LockTimeoutError,
+  LockAuthError,
+  LockRedisError,
+  LockClosedError,
+  LockConfigError,
+  LockUnsupportedError,
+  LockAcquireError,
+} = lib;

@@ -1,0 +1,137 @@
+'use strict';
+// The error classes users catch. Each has a stable `code`; `name` is the class name.
+
+class LockError extends Error {
+  /**
+   * @param {string} message
+   * @param {ErrorOptions} [options]
+   */
+  constructor(message, options) {
+    super(message, options);
+    this.name = new.target.name;
+    /** @type {string} */
+    this.code = 'ERR_LOCK';
+  }
+}
+
+/** Redis could not be reached, or the connection broke. */
+class LockConnectionError extends LockError {
+  /** @param {string} message @param {ErrorOptions} [options] */
+  constructor(message, options) {
+    super(message, options);
+    this.code = 'ERR_LOCK_CONNECTION';
+  }
+}
+
+/** Redis did not answer in time (a kind of connection error). */
+class LockTimeoutError extends LockConnectionError {
+  /** @param {string} message @param {ErrorOptions} [options] */
+  constructor(message, options) {
+    super(message, options);
+    this.code = 'ERR_LOCK_TIMEOUT';
+  }
+}
+
+/** Redis refused the credentials. The message never contains them. */
+class LockAuthError extends LockError {
+  /** @param {string} message @param {ErrorOptions} [options] */
+  constructor(message, options) {
+    super(message, options);
+    this.code = 'ERR_LOCK_AUTH';
+  }
+}
+
+/** Redis answered with an error reply (READONLY, OOM, ...). */
+class LockRedisError extends LockError {
+  /** @param {string} message @param {ErrorOptions} [options] */
+  constructor(message, options) {
+    super(message, options);
+    this.code = 'ERR_LOCK_REDIS';
+  }
+}
+
+/** The Lock was closed. */
+class LockClosedError extends LockError {
+  /** @param {string} [message] @param {ErrorOptions} [options] */
+  constructor(message = 'The Lock was closed.', options) {
+    super(message, options);
+    this.code = 'ERR_LOCK_CLOSED';
+  }
+}
+
+/** The connection settings cannot work (bad TLS material, unusable address). */
+class LockConfigError extends LockError {
+  /** @param {string} message @param {ErrorOptions} [options] */
+  constructor(message, options) {
+    super(message, options);
+    this.code = 'ERR_LOCK_CONFIG';
+  }
+}
+
+/** A deployment this version cannot drive yet (ioredis Cluster, Sentinel). */
+class LockUnsupportedError extends LockError {
+  /** @param {string} message @param {ErrorOptions} [options] */
+  constructor(message, options) {
+    super(message, options);
+    this.code = 'ERR_LOCK_UNSUPPORTED';
+  }
+}
+
+/** `using()` could not acquire the lock. The message is v1's, word for word. */
+class LockAcquireError extends LockError {
+  /** @param {string} resource */
+  constructor(resource) {
+    super(`Failed to acquire lock on resource "${resource}".`);
+    this.code = 'ERR_LOCK_NOT_ACQUIRED';
+    /** @type {string} */
+    this.resource = resource;
+  }
+}
+
+const BY_CODE = {
+  ERR_LOCK_CONNECTION: LockConnectionError,
+  ERR_LOCK_TIMEOUT: LockTimeoutError,
+  ERR_LOCK_AUTH: LockAuthError,
+  ERR_LOCK_REDIS: LockRedisError,
+  ERR_LOCK_CLOSED: LockClosedError,
+  ERR_LOCK_CONFIG: LockConfigError,
+};
+
+const NATIVE_MESSAGE = /^(ERR_LOCK_[A-Z_]+): ([\s\S]*)$/;
+
+/**
+ * Turns an error thrown by the native engine into the matching class.
+ * @param {unknown} err
+ * @returns {Error}
+ */
+function fromNative(err) {
+  if (!(err instanceof Error)) return new LockError(String(err));
+  const match = NATIVE_MESSAGE.exec(err.message);
+  if (!match) return err;
+  const [, code, message] = match;
+  if (code === 'ERR_LOCK_INVALID_ARG') {
+    const rangeError = new RangeError(message);
+    /** @type {any} */ (rangeError).code = 'ERR_OUT_OF_RANGE';
+    return rangeError;
+  }
+  const ErrorClass = BY_CODE[/** @type {keyof typeof BY_CODE} */ (code)] || LockError;
+  return new ErrorClass(capitalize(message));
+}
+
+/** @param {string} text */
+function capitalize(text) {
+  return text.charAt(0).toUpperCase() + text.slice(1);
+}
+
+module.exports = {
+  LockError,
+  LockConnectionError,
+  LockTimeoutError,
+  LockAuthError,
+  LockRedisError,
+  LockClosedError,
+  LockConfigError,
+  LockUnsupportedError,
+  LockAcquireError,
+  fromNative,
+};
