@@ -1,0 +1,275 @@
+// @ts-check
+// Every documented behaviour and default of the v1 API, with exact return values and PTTLs.
+
+import './helpers/tripwire.mjs';
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { setTimeout as sleep } from 'node:timers/promises';
+import Redis from 'ioredis';
+import { Lock, LockAcquireError, LockClosedError, LockError } from 'simple-distributed-lock';
+import { RedisServer } from './helpers/redis-server.mjs';
+
+/** @type {RedisServer} */
+let server;
+/** @type {import('ioredis').Redis} */
+let raw;
+/** @type {import('ioredis').Redis} */
+let redis;
+
+before(async () => {
+  server = await RedisServer.start();
+  raw = server.client();
+  redis = server.client();
+});
+after(async () => {
+  await server.stop();
+});
+
+/** Calls of one command so far, from INFO commandstats. @param {string} command */
+async function calls(command) {
+  const info = await raw.info('commandstats');
+  const match = new RegExp(`cmdstat_${command}:calls=(\\d+)`).exec(info);
+  return match ? Number(match[1]) : 0;
+}
+
+test('acquire: a 32-hex token stored with SET PX 10000 NX under "lock:" by default', async () => {
+  const lock = new Lock(redis);
+  const token = await lock.acquire('defaults');
+  assert.ok(token);
+  assert.match(token, /^[0-9a-f]{32}$/);
+  assert.equal(await raw.get('lock:defaults'), token);
+  const pttl = await raw.pttl('lock:defaults');
+  assert.ok(pttl > 9000 && pttl <= 10000, `pttl ${pttl}`);
+  assert.equal(await lock.acquire('defaults'), null, 'held: a second acquire returns null');
+  assert.equal(await raw.get('lock:defaults'), token, 'the failed acquire left the key alone');
+});
+
+test('acquire: per-call ttl, Lock ttl and prefix options', async () => {
+  const lock = new Lock(redis, { ttl: 3000, prefix: 'jobs:' });
+  const a = await lock.acquire('a');
+  const pttlA = await raw.pttl('jobs:a');
+  assert.ok(a && pttlA > 2000 && pttlA <= 3000, `pttl ${pttlA}`);
+  const b = await lock.acquire('b', { ttl: 60000 });
+  const pttlB = await raw.pttl('jobs:b');
+  assert.ok(b && pttlB > 59000 && pttlB <= 60000, `pttl ${pttlB}`);
+  assert.equal(await raw.exists('lock:a'), 0);
+});
+
+test('acquire: undefined (and null) options mean the defaults', async () => {
+  const lock = new Lock(redis, { ttl: undefined, prefix: undefined });
+  const token = await lock.acquire('undef', {
+    ttl: undefined,
+    retryCount: undefined,
+    retryDelay: undefined,
+    autoExtend: undefined,
+  });
+  assert.ok(token);
+  assert.equal(await raw.get('lock:undef'), token);
+  const pttl = await raw.pttl('lock:undef');
+  assert.ok(pttl > 9000 && pttl <= 10000, `pttl ${pttl}`);
+});
+
+test('acquire: retryCount n makes 1 + n attempts, retryDelay apart', async () => {
+  const lock = new Lock(redis);
+  assert.ok(await lock.acquire('retry-count'));
+  const before = await calls('set');
+  const started = Date.now();
+  assert.equal(await lock.acquire('retry-count', { retryCount: 3, retryDelay: 50 }), null);
+  const elapsed = Date.now() - started;
+  assert.equal((await calls('set')) - before, 4);
+  assert.ok(elapsed >= 140, `three delays of 50 ms, took ${elapsed} ms`);
+});
+
+test('acquire: the default is a single attempt', async () => {
+  const lock = new Lock(redis);
+  assert.ok(await lock.acquire('single'));
+  const before = await calls('set');
+  assert.equal(await lock.acquire('single'), null);
+  assert.equal((await calls('set')) - before, 1);
+});
+
+test('acquire: retries take the lock once the holder releases; Infinity retries until then', async () => {
+  const lock = new Lock(redis);
+  const first = await lock.acquire('handover');
+  assert.ok(first);
+  const waiting = lock.acquire('handover', { retryCount: Infinity, retryDelay: 20 });
+  await sleep(150);
+  assert.equal(await lock.release('handover', first), true);
+  const second = await waiting;
+  assert.ok(second && second !== first);
+  assert.equal(await raw.get('lock:handover'), second);
+});
+
+test('release: true for the owner, false for a wrong token or an expired lock', async () => {
+  const lock = new Lock(redis);
+  const token = await lock.acquire('rel', { ttl: 5000 });
+  assert.ok(token);
+  assert.equal(await lock.release('rel', 'ffffffffffffffffffffffffffffffff'), false);
+  assert.equal(await raw.get('lock:rel'), token, 'a wrong token leaves the lock');
+  assert.equal(await lock.release('rel', token), true);
+  assert.equal(await raw.exists('lock:rel'), 0);
+  assert.equal(await lock.release('rel', token), false, 'already released');
+
+  const short = await lock.acquire('rel-expired', { ttl: 50 });
+  assert.ok(short);
+  await sleep(120);
+  assert.equal(await lock.release('rel-expired', short), false);
+});
+
+test('extend: sets the TTL; defaults to the Lock ttl, not the acquire ttl', async () => {
+  const lock = new Lock(redis, { ttl: 7000 });
+  const token = await lock.acquire('ext', { ttl: 2000 });
+  assert.ok(token);
+  assert.equal(await lock.extend('ext', token, 15000), true);
+  let pttl = await raw.pttl('lock:ext');
+  assert.ok(pttl > 14000 && pttl <= 15000, `pttl ${pttl}`);
+  assert.equal(await lock.extend('ext', token), true);
+  pttl = await raw.pttl('lock:ext');
+  assert.ok(pttl > 6000 && pttl <= 7000, `default ttl is the Lock's: pttl ${pttl}`);
+});
+
+test('extend: false for a wrong token or a lost lock, and never re-creates the key', async () => {
+  const lock = new Lock(redis);
+  const token = await lock.acquire('ext-lost', { ttl: 60 });
+  assert.ok(token);
+  assert.equal(await lock.extend('ext-lost', 'not-mine', 5000), false);
+  await sleep(120);
+  assert.equal(await lock.extend('ext-lost', token, 5000), false);
+  assert.equal(await raw.exists('lock:ext-lost'), 0);
+});
+
+test('isLocked: true while anybody holds the resource', async () => {
+  const lock = new Lock(redis);
+  assert.equal(await lock.isLocked('is'), false);
+  await raw.set('lock:is', 'someone', 'PX', 5000);
+  assert.equal(await lock.isLocked('is'), true);
+  await raw.del('lock:is');
+  assert.equal(await lock.isLocked('is'), false);
+});
+
+test('using: returns fn result, calls fn with no arguments, releases afterwards', async () => {
+  const lock = new Lock(redis);
+  /** @type {unknown[] | undefined} */
+  let seenArgs;
+  let heldInside = false;
+  const result = await lock.using('use', async (...args) => {
+    seenArgs = args;
+    heldInside = (await raw.exists('lock:use')) === 1;
+    return { success: true };
+  });
+  assert.deepEqual(result, { success: true });
+  assert.deepEqual(seenArgs, []);
+  assert.equal(heldInside, true);
+  assert.equal(await raw.exists('lock:use'), 0);
+});
+
+test('using: releases when fn throws and rethrows fn error unchanged', async () => {
+  const lock = new Lock(redis);
+  const boom = new Error('boom');
+  await assert.rejects(
+    lock.using('use-throw', async () => {
+      throw boom;
+    }),
+    (err) => err === boom,
+  );
+  assert.equal(await raw.exists('lock:use-throw'), 0);
+});
+
+test('using: throws v1 message when the lock cannot be acquired, without calling fn', async () => {
+  const lock = new Lock(redis);
+  await raw.set('lock:use-held', 'someone', 'PX', 5000);
+  let called = false;
+  const err = await lock
+    .using('use-held', async () => {
+      called = true;
+    })
+    .then(
+      () => null,
+      (e) => e,
+    );
+  assert.ok(err instanceof LockAcquireError);
+  assert.ok(err instanceof LockError);
+  assert.ok(err instanceof Error);
+  assert.equal(err.message, 'Failed to acquire lock on resource "use-held".');
+  assert.equal(err.code, 'ERR_LOCK_NOT_ACQUIRED');
+  assert.equal(err.name, 'LockAcquireError');
+  assert.equal(called, false);
+  assert.equal(await raw.get('lock:use-held'), 'someone');
+});
+
+test('using: passes retry options to acquire', async () => {
+  const lock = new Lock(redis);
+  const holder = await lock.acquire('use-retry', { ttl: 5000 });
+  assert.ok(holder);
+  setTimeout(() => void lock.release('use-retry', holder), 150);
+  const result = await lock.using('use-retry', async () => 42, { retryCount: 50, retryDelay: 20 });
+  assert.equal(result, 42);
+});
+
+test('autoExtend: refreshes every floor(ttl/2) ms by the acquire ttl until release', async () => {
+  const lock = new Lock(redis);
+  const token = await lock.acquire('auto', { ttl: 400, autoExtend: true });
+  assert.ok(token);
+  await sleep(1300);
+  assert.equal(await raw.get('lock:auto'), token, 'held after more than three ttls');
+  const pttl = await raw.pttl('lock:auto');
+  assert.ok(pttl > 0 && pttl <= 400, `extended by its own ttl: ${pttl}`);
+  assert.equal(await lock.release('auto', token), true);
+  await sleep(500);
+  assert.equal(await raw.exists('lock:auto'), 0, 'no refresh after release');
+});
+
+test('autoExtend: stops when another owner took the key, and does not touch it', async () => {
+  const lock = new Lock(redis);
+  const token = await lock.acquire('auto-stolen', { ttl: 300, autoExtend: true });
+  assert.ok(token);
+  await raw.set('lock:auto-stolen', 'thief', 'PX', 60000);
+  await sleep(700);
+  assert.equal(await raw.get('lock:auto-stolen'), 'thief');
+  const pttl = await raw.pttl('lock:auto-stolen');
+  assert.ok(pttl > 58000, `the other owner's ttl is untouched: ${pttl}`);
+  assert.equal(await lock.release('auto-stolen', token), false);
+});
+
+test('close: later calls reject with LockClosedError; close is idempotent', async () => {
+  const lock = new Lock(redis);
+  await lock.close();
+  await lock.close();
+  await assert.rejects(lock.acquire('closed'), (err) => {
+    assert.ok(err instanceof LockClosedError);
+    assert.equal(err.code, 'ERR_LOCK_CLOSED');
+    return true;
+  });
+  assert.equal(await raw.exists('lock:closed'), 0);
+});
+
+test('close: stops a forever-retrying acquire and auto-extension', async () => {
+  const lock = new Lock(redis);
+  const token = await lock.acquire('close-auto', { ttl: 300, autoExtend: true });
+  assert.ok(token);
+  const other = new Lock(redis);
+  const waiting = other.acquire('close-auto', { retryCount: Infinity, retryDelay: 20 });
+  await sleep(50);
+  await other.close();
+  await assert.rejects(waiting, LockClosedError);
+  await lock.close();
+  await sleep(600);
+  assert.equal(await raw.exists('lock:close-auto'), 0, 'no refresh after close: the lock expired');
+});
+
+test('Symbol.asyncDispose closes the Lock', async () => {
+  const lock = new Lock(redis);
+  await lock[Symbol.asyncDispose]();
+  await assert.rejects(lock.isLocked('x'), LockClosedError);
+});
+
+test('Lock instances share nothing: two Locks on one Redis exclude each other', async () => {
+  const a = new Lock(redis);
+  const b = new Lock(new Redis({ port: server.port, lazyConnect: true }));
+  const token = await a.acquire('shared');
+  assert.ok(token);
+  assert.equal(await b.acquire('shared'), null);
+  assert.equal(await b.release('shared', 'other'), false);
+  assert.equal(await a.release('shared', token), true);
+  assert.ok(await b.acquire('shared'));
+});

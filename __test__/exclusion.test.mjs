@@ -1,0 +1,121 @@
+// @ts-check
+// Mutual exclusion across processes, and wire compatibility with v1: a fleet that upgrades one
+// service at a time runs v1 and v2 side by side on the same Redis.
+
+import './helpers/tripwire.mjs';
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createRequire } from 'node:module';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Lock } from 'simple-distributed-lock';
+import { RedisServer } from './helpers/redis-server.mjs';
+import { runWorkers } from './helpers/workers.mjs';
+
+const require = createRequire(import.meta.url);
+/** @type {{ V1Lock: typeof import('./fixtures/v1-lock.cjs').V1Lock }} */
+const { V1Lock } = require('./fixtures/v1-lock.cjs');
+
+/** @type {RedisServer} */
+let server;
+/** @type {import('ioredis').Redis} */
+let raw;
+
+before(async () => {
+  server = await RedisServer.start();
+  raw = server.client();
+});
+after(async () => {
+  await server.stop();
+});
+
+/**
+ * @param {string} prefix ioredis keyPrefix the workers use
+ * @param {Array<'v1' | 'v2'>} impls one worker each
+ * @param {number} iterations
+ */
+async function contend(prefix, impls, iterations) {
+  await runWorkers(
+    'counter-worker.mjs',
+    impls.map((impl) => ({ impl, port: server.port, resource: 'counter-lock', iterations, prefix })),
+  );
+  const counter = Number(await raw.get(`${prefix}counter`));
+  const violations = Number((await raw.get(`${prefix}violations`)) ?? 0);
+  const holders = await raw.lrange(`${prefix}holders`, 0, -1);
+  return { counter, violations, holders };
+}
+
+test('4 v2 processes x 40 critical sections: the shared counter is exact', async () => {
+  const { counter, violations, holders } = await contend('v2only:', ['v2', 'v2', 'v2', 'v2'], 40);
+  assert.equal(violations, 0, 'no two holders at once');
+  assert.equal(counter, 160);
+  assert.equal(new Set(holders).size, 4, 'every worker got the lock');
+});
+
+test('v1 and v2 processes on the same Redis exclude each other (2 + 2 processes)', async () => {
+  const { counter, violations, holders } = await contend('mixed:', ['v1', 'v2', 'v1', 'v2'], 30);
+  assert.equal(violations, 0);
+  assert.equal(counter, 120);
+  assert.ok(holders.some((h) => h.startsWith('v1:')) && holders.some((h) => h.startsWith('v2:')));
+});
+
+test('v1 holds: v2 cannot acquire, extend or release it; v1 releases it normally', async () => {
+  const v1 = new V1Lock(server.client());
+  const v2 = new Lock(server.client());
+  const v1Token = await v1.acquire('wire-a', { ttl: 5000 });
+  assert.ok(v1Token);
+  assert.equal(await v2.acquire('wire-a'), null);
+  assert.equal(await v2.isLocked('wire-a'), true);
+  const v2Token = await v2.acquire('wire-other');
+  assert.ok(v2Token);
+  assert.equal(await v2.release('wire-a', v2Token), false, "v2's token does not release v1's lock");
+  assert.equal(await v2.extend('wire-a', v2Token, 60000), false);
+  assert.equal(await raw.get('lock:wire-a'), v1Token);
+  const pttl = await raw.pttl('lock:wire-a');
+  assert.ok(pttl <= 5000, `ttl untouched: ${pttl}`);
+  assert.equal(await v1.release('wire-a', v1Token), true);
+  assert.ok(await v2.acquire('wire-a'), 'free again for v2');
+});
+
+test('v2 holds with autoExtend: v1 cannot take or release it, then takes it after release', async () => {
+  const v1 = new V1Lock(server.client());
+  const v2 = new Lock(server.client());
+  const v2Token = await v2.acquire('wire-b', { ttl: 300, autoExtend: true });
+  assert.ok(v2Token);
+  await sleep(700);
+  assert.equal(await v1.acquire('wire-b'), null, 'still held past its ttl, by auto-extension');
+  assert.equal(await v1.isLocked('wire-b'), true);
+  const v1Token = await v1.acquire('wire-b-other');
+  assert.ok(v1Token);
+  assert.equal(await v1.release('wire-b', v1Token), false);
+  assert.equal(await v1.extend('wire-b', v1Token, 60000), false);
+  assert.equal(await raw.get('lock:wire-b'), v2Token);
+  assert.equal(await v2.release('wire-b', v2Token), true);
+  const taken = await v1.acquire('wire-b', { retryCount: 5, retryDelay: 20 });
+  assert.ok(taken);
+  assert.equal(await raw.get('lock:wire-b'), taken);
+});
+
+test('both versions read the same key through ioredis db and keyPrefix', async () => {
+  const shared = server.client({ db: 2, keyPrefix: 'svc:' });
+  const v1 = new V1Lock(shared);
+  const v2 = new Lock(shared);
+  const v1Token = await v1.acquire('wire-c');
+  assert.ok(v1Token);
+  assert.equal(await server.client({ db: 2 }).get('svc:lock:wire-c'), v1Token);
+  assert.equal(await v2.acquire('wire-c'), null, 'v2 sees the key v1 wrote (db 2, prefix svc:)');
+  assert.equal(await v2.release('wire-c', v1Token), true, 'the owner token works across versions');
+  const v2Token = await v2.acquire('wire-c');
+  assert.ok(v2Token);
+  assert.equal(await server.client({ db: 2 }).get('svc:lock:wire-c'), v2Token);
+  assert.equal(await v1.acquire('wire-c'), null);
+  assert.equal(await v1.extend('wire-c', v2Token, 8000), true, 'same scripts, same layout');
+});
+
+test('tokens have the v1 shape', async () => {
+  const v2 = new Lock(server.client());
+  const v1 = new V1Lock(server.client());
+  const a = await v2.acquire('shape-a');
+  const b = await v1.acquire('shape-b');
+  assert.match(String(a), /^[0-9a-f]{32}$/);
+  assert.match(String(b), /^[0-9a-f]{32}$/);
+});

@@ -1,0 +1,103 @@
+// @ts-check
+// Private redis-server processes on free ports, for tests that stop, kill or configure Redis.
+
+import { spawn } from 'node:child_process';
+import { createServer, connect } from 'node:net';
+import Redis from 'ioredis';
+
+/** @returns {Promise<number>} */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.unref();
+    server.on('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      const port = typeof address === 'object' && address ? address.port : 0;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** @param {number} port @param {number} timeoutMs */
+async function waitForPort(port, timeoutMs) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const open = await new Promise((resolve) => {
+      const socket = connect(port, '127.0.0.1');
+      socket.once('connect', () => { socket.destroy(); resolve(true); });
+      socket.once('error', () => resolve(false));
+    });
+    if (open) return;
+    if (Date.now() > deadline) throw new Error(`redis-server did not start on port ${port}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+export class RedisServer {
+  /** @param {number} port @param {string[]} args */
+  constructor(port, args) {
+    this.port = port;
+    this.args = args;
+    /** @type {import('node:child_process').ChildProcess | null} */
+    this.child = null;
+    /** @type {Redis[]} */
+    this.clients = [];
+  }
+
+  /** @param {string[]} [args] extra redis-server arguments, e.g. ['--requirepass', 'x'] */
+  static async start(args = []) {
+    const server = new RedisServer(await freePort(), args);
+    await server.spawn();
+    return server;
+  }
+
+  async spawn() {
+    const child = spawn(
+      'redis-server',
+      ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...this.args],
+      { stdio: 'ignore' },
+    );
+    this.child = child;
+    await Promise.race([
+      waitForPort(this.port, 10000),
+      new Promise((_, reject) => child.once('error', (err) => reject(new Error(`cannot start redis-server: ${err.message}`)))),
+    ]);
+  }
+
+  get url() {
+    return `redis://127.0.0.1:${this.port}`;
+  }
+
+  /** Stops the server at once (SIGKILL): its data is gone, like a crash. */
+  async kill() {
+    const child = this.child;
+    this.child = null;
+    if (!child || child.exitCode !== null) return;
+    const exited = new Promise((resolve) => child.once('exit', resolve));
+    child.kill('SIGKILL');
+    await exited;
+  }
+
+  async restart() {
+    await this.kill();
+    await this.spawn();
+  }
+
+  /**
+   * A plain ioredis client for checking state behind the library's back.
+   * @param {import('ioredis').RedisOptions} [options]
+   */
+  client(options = {}) {
+    const client = new Redis({ port: this.port, host: '127.0.0.1', lazyConnect: false, maxRetriesPerRequest: 1, ...options });
+    client.on('error', () => {});
+    this.clients.push(client);
+    return client;
+  }
+
+  async stop() {
+    for (const client of this.clients) client.disconnect();
+    this.clients = [];
+    await this.kill();
+  }
+}
