@@ -5,7 +5,7 @@ import './helpers/tripwire.mjs';
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
-import Redis from 'ioredis';
+import { Redis } from 'ioredis';
 import { Lock, LockAcquireError, LockClosedError, LockError } from 'simple-distributed-lock';
 import { RedisServer } from './helpers/redis-server.mjs';
 

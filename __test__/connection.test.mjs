@@ -10,7 +10,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import Redis from 'ioredis';
+import { Redis } from 'ioredis';
 import {
   Lock,
   LockAuthError,

@@ -149,7 +149,7 @@ test('constructor: a malformed URL is refused without echoing it (it may hold a 
 });
 
 test('constructor: ioredis Cluster, Sentinel and server lists are not supported yet', async () => {
-  const { default: Redis, Cluster } = await import('ioredis');
+  const { Redis, Cluster } = await import('ioredis');
   const cluster = new Cluster([{ host: '127.0.0.1', port: 1 }], { lazyConnect: true });
   assert.throws(() => new Lock(cluster), (err) => {
     assert.ok(err instanceof LockUnsupportedError);

@@ -58,4 +58,5 @@ function load() {
   throw error;
 }
 
+/** @type {typeof import('./native/native')} */
 module.exports = load();

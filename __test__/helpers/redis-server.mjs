@@ -3,7 +3,7 @@
 
 import { spawn } from 'node:child_process';
 import { createServer, connect } from 'node:net';
-import Redis from 'ioredis';
+import { Redis } from 'ioredis';
 
 /** @returns {Promise<number>} */
 export function freePort() {
