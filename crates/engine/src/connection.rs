@@ -65,6 +65,11 @@ impl Connection {
         &self.target
     }
 
+    /// The crate's client with the same settings, for connections of another kind (pub/sub).
+    pub(crate) fn client(&self) -> redis::Client {
+        self.client.clone()
+    }
+
     /// Runs one command; a broken or silent connection is replaced for the next call.
     pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> EngineResult<T> {
         let (generation, mut conn) = self.get().await?;

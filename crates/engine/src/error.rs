@@ -20,6 +20,8 @@ pub enum ErrorKind {
     Redis,
     /// The lock engine was closed.
     Closed,
+    /// The caller cancelled a waiting acquire.
+    Cancelled,
     /// The configuration cannot work (bad TLS material, bad address).
     Config,
 }
@@ -33,6 +35,7 @@ impl ErrorKind {
             ErrorKind::Auth => "ERR_LOCK_AUTH",
             ErrorKind::Redis => "ERR_LOCK_REDIS",
             ErrorKind::Closed => "ERR_LOCK_CLOSED",
+            ErrorKind::Cancelled => "ERR_LOCK_CANCELLED",
             ErrorKind::Config => "ERR_LOCK_CONFIG",
         }
     }
@@ -54,6 +57,10 @@ impl EngineError {
 
     pub fn closed() -> Self {
         Self::new(ErrorKind::Closed, "the Lock was closed")
+    }
+
+    pub fn cancelled() -> Self {
+        Self::new(ErrorKind::Cancelled, "the acquire was cancelled")
     }
 
     pub fn kind(&self) -> ErrorKind {

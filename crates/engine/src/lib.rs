@@ -7,14 +7,16 @@
 mod config;
 mod connection;
 mod error;
-mod extender;
+mod keys;
+mod leases;
 mod locker;
 mod scripts;
 mod token;
+mod waiters;
 
 pub use config::{
     DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, ServerAddress, ServerConfig, TlsOptions,
 };
 pub use error::{EngineError, EngineResult, ErrorKind};
-pub use extender::{LostCallback, LostLease, LostReason};
-pub use locker::{AcquireOptions, Locker, RetryPolicy};
+pub use leases::{LostCallback, LostLease, LostReason, safety_margin};
+pub use locker::{AcquireOptions, Acquired, Locker, LockerOptions, RetryPolicy};

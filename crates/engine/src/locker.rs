@@ -1,6 +1,6 @@
 //! The lock operations on one Redis server, with v1's data layout and semantics.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -9,16 +9,23 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ServerConfig;
 use crate::connection::Connection;
 use crate::error::{EngineError, EngineResult};
-use crate::extender::{Extender, LostCallback};
+use crate::keys;
+use crate::leases::{Leases, LostCallback, deadline_at};
 use crate::scripts;
 use crate::token::new_token;
+use crate::waiters::{WaitGuard, Waiters};
 
-/// How `acquire` retries a lock somebody else holds.
+/// How `acquire` waits for a lock somebody else holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// Attempts after the first one; `None` retries until acquired or closed.
+    /// Attempts after the first one; `None` retries until acquired, timed out or cancelled.
     pub retry_count: Option<u64>,
+    /// Pause between attempts, unless a release notification ends it early.
     pub retry_delay: Duration,
+    /// Up to this much random extra pause per attempt.
+    pub retry_jitter: Duration,
+    /// Stop waiting after this much time in total.
+    pub wait_timeout: Option<Duration>,
 }
 
 impl RetryPolicy {
@@ -26,6 +33,8 @@ impl RetryPolicy {
     pub const ONCE: RetryPolicy = RetryPolicy {
         retry_count: Some(0),
         retry_delay: Duration::from_millis(200),
+        retry_jitter: Duration::ZERO,
+        wait_timeout: None,
     };
 }
 
@@ -34,25 +43,62 @@ impl RetryPolicy {
 pub struct AcquireOptions {
     pub ttl: Duration,
     pub retry: RetryPolicy,
+    /// Extend the lock every `floor(ttl / 2)` until released or lost.
     pub auto_extend: bool,
+    /// Watch the lease and report it lost at its deadline even without auto-extension.
+    pub watch: bool,
+}
+
+/// A lock this process now holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acquired {
+    pub token: String,
+    /// The fencing token: strictly increasing per lock key. `None` when fencing is off.
+    pub fence: Option<i64>,
+    /// Until when the lock is known to be held (send time + ttl - safety margin).
+    pub deadline: Instant,
+}
+
+/// Settings of a `Locker` beyond the server.
+#[derive(Clone)]
+pub struct LockerOptions {
+    /// Keep a fencing counter per lock key (one small key each, never expiring).
+    pub fencing: bool,
+    /// Called once for each tracked lease that is lost (never for a released one).
+    pub on_lost: Option<LostCallback>,
+}
+
+impl Default for LockerOptions {
+    fn default() -> Self {
+        Self {
+            fencing: true,
+            on_lost: None,
+        }
+    }
 }
 
 /// Lock operations against one Redis server over one lazily opened connection.
 ///
 /// Creating a `Locker` does no I/O and needs no runtime; the first operation connects.
 pub struct Locker {
+    config: ServerConfig,
     conn: Arc<Connection>,
-    extender: Extender,
+    leases: Leases,
+    waiters: OnceLock<Waiters>,
+    fencing: bool,
     closed: CancellationToken,
 }
 
 impl Locker {
-    pub fn new(config: ServerConfig, on_lost: Option<LostCallback>) -> EngineResult<Self> {
-        let conn = Arc::new(Connection::new(config)?);
+    pub fn new(config: ServerConfig, options: LockerOptions) -> EngineResult<Self> {
+        let conn = Arc::new(Connection::new(config.clone())?);
         let closed = CancellationToken::new();
         Ok(Self {
-            extender: Extender::new(conn.clone(), closed.clone(), on_lost),
+            leases: Leases::new(conn.clone(), closed.clone(), options.on_lost),
+            config,
             conn,
+            waiters: OnceLock::new(),
+            fencing: options.fencing,
             closed,
         })
     }
@@ -62,49 +108,110 @@ impl Locker {
         self.conn.target()
     }
 
-    /// Takes the lock at `key` (`SET key token PX ttl NX`), retrying as the policy says.
+    /// Takes the lock at `key`, waiting as the policy says.
     ///
-    /// Returns the owner token, or `None` when every attempt found the lock held.
+    /// Returns `None` when every attempt found the lock held or the wait timed out; an error
+    /// with kind `Closed` if the Locker closed, or `Cancelled` (see [`EngineError::cancelled`])
+    /// when `cancel` fired while waiting.
     pub async fn acquire(
         &self,
         key: &str,
         options: AcquireOptions,
-    ) -> EngineResult<Option<String>> {
+        cancel: Option<&CancellationToken>,
+    ) -> EngineResult<Option<Acquired>> {
         self.ensure_open()?;
         let token = new_token();
-        let ttl_ms = duration_ms(options.ttl);
-        let mut set = redis::cmd("SET");
-        set.arg(key).arg(&token).arg("PX").arg(ttl_ms).arg("NX");
-        let mut attempt: u64 = 0;
+        let retry = options.retry;
+        let wait_until = retry.wait_timeout.map(|t| Instant::now() + t);
+        let never = CancellationToken::new();
+        let cancel = cancel.unwrap_or(&never);
+        let mut waiter: Option<WaitGuard> = None;
+        // v1's budget: 1 + retry_count attempts, retry_delay apart. A release notification
+        // triggers an extra attempt at once without using one up, so a waiter gives up no
+        // sooner than v1 would, and takes a freed lock without sleeping out the delay.
+        let mut polls_left = retry.retry_count;
+        let mut next_poll: Option<Instant> = None;
         loop {
+            if cancel.is_cancelled() {
+                return Err(EngineError::cancelled());
+            }
             let sent_at = Instant::now();
-            let reply: Option<String> = self.conn.query(&set).await?;
-            if reply.is_some() {
-                if options.auto_extend {
-                    self.extender
-                        .register(key.to_owned(), &token, options.ttl, sent_at);
+            if let Some(fence) = self.try_set(key, &token, options.ttl).await? {
+                if options.auto_extend || options.watch {
+                    self.leases
+                        .track(key, &token, options.ttl, sent_at, options.auto_extend);
                 }
-                return Ok(Some(token));
+                return Ok(Some(Acquired {
+                    token,
+                    fence,
+                    deadline: deadline_at(sent_at + options.ttl, options.ttl),
+                }));
             }
-            if options.retry.retry_count.is_some_and(|n| attempt >= n) {
-                return Ok(None);
+            let now = Instant::now();
+            if next_poll.is_none_or(|at| now >= at) {
+                match polls_left {
+                    Some(0) => return Ok(None),
+                    Some(n) => polls_left = Some(n - 1),
+                    None => {}
+                }
+                let mut at =
+                    now + retry.retry_delay + retry.retry_jitter.mul_f64(rand::random::<f64>());
+                if let Some(until) = wait_until {
+                    if now >= until {
+                        return Ok(None);
+                    }
+                    at = at.min(until);
+                }
+                next_poll = Some(at);
             }
-            attempt += 1;
+            let poll_at = next_poll.unwrap_or(now);
+            let waiter =
+                waiter.get_or_insert_with(|| self.waiters().watch(&keys::released_channel(key)));
             tokio::select! {
                 _ = self.closed.cancelled() => return Err(EngineError::closed()),
-                _ = tokio::time::sleep(options.retry.retry_delay) => {}
+                _ = cancel.cancelled() => return Err(EngineError::cancelled()),
+                _ = waiter.notify().notified() => {}
+                _ = tokio::time::sleep_until(poll_at) => {}
             }
         }
     }
 
-    /// Deletes the lock if `token` still owns it; stops its auto-extension first.
+    /// One attempt: `Some(fence)` if the lock was taken (`Some(None)` without fencing).
+    async fn try_set(
+        &self,
+        key: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> EngineResult<Option<Option<i64>>> {
+        let ttl_ms = duration_ms(ttl);
+        if self.fencing {
+            let mut invocation = scripts::ACQUIRE_FENCED.prepare_invoke();
+            invocation
+                .key(key)
+                .key(keys::fence_key(key))
+                .arg(token)
+                .arg(ttl_ms);
+            let fence: i64 = self.conn.invoke(&invocation).await?;
+            Ok((fence > 0).then_some(Some(fence)))
+        } else {
+            let mut set = redis::cmd("SET");
+            set.arg(key).arg(token).arg("PX").arg(ttl_ms).arg("NX");
+            let reply: Option<String> = self.conn.query(&set).await?;
+            Ok(reply.map(|_| None))
+        }
+    }
+
+    /// Deletes the lock if `token` still owns it, and wakes its waiters; stops tracking first.
     pub async fn release(&self, key: &str, token: &str) -> EngineResult<bool> {
-        self.extender.forget(key, token);
+        self.leases.forget(key, token);
         self.ensure_open()?;
         let mut invocation = scripts::RELEASE.prepare_invoke();
-        invocation.key(key).arg(token);
-        let deleted: i64 = self.conn.invoke(&invocation).await?;
-        Ok(deleted == 1)
+        invocation
+            .key(key)
+            .arg(token)
+            .arg(keys::released_channel(key));
+        let released: i64 = self.conn.invoke(&invocation).await?;
+        Ok(released == 1)
     }
 
     /// Sets the lock's TTL to `ttl` if `token` still owns it. Never re-creates an expired key.
@@ -115,7 +222,7 @@ impl Locker {
         invocation.key(key).arg(token).arg(duration_ms(ttl));
         let extended: i64 = self.conn.invoke(&invocation).await?;
         if extended == 1 {
-            self.extender.extended(token, sent_at + ttl);
+            self.leases.extended(token, sent_at, ttl);
         }
         Ok(extended == 1)
     }
@@ -127,13 +234,18 @@ impl Locker {
         Ok(exists == 1)
     }
 
-    /// How many locks this `Locker` is auto-extending now.
-    pub fn auto_extended(&self) -> usize {
-        self.extender.held()
+    /// The tracked lease's current deadline (moves with each successful extend).
+    pub fn deadline(&self, token: &str) -> Option<Instant> {
+        self.leases.deadline(token)
     }
 
-    /// Stops auto-extension and waiting, and drops the connection. Locks still held expire
-    /// at their TTL. Idempotent.
+    /// How many leases are tracked, and how many of those are auto-extended.
+    pub fn tracked(&self) -> (usize, usize) {
+        self.leases.counts()
+    }
+
+    /// Stops auto-extension, tracking and waiting, and drops the connections. Locks still held
+    /// expire at their TTL. Idempotent.
     pub fn close(&self) {
         self.closed.cancel();
         self.conn.close();
@@ -141,6 +253,11 @@ impl Locker {
 
     pub fn is_closed(&self) -> bool {
         self.closed.is_cancelled()
+    }
+
+    fn waiters(&self) -> &Waiters {
+        self.waiters
+            .get_or_init(|| Waiters::new(&self.config, self.conn.client(), self.closed.clone()))
     }
 
     fn ensure_open(&self) -> EngineResult<()> {

@@ -1,0 +1,384 @@
+//! Held leases: auto-extension and lost-lock detection, one scheduler task per `Locker`.
+//!
+//! A lease's *deadline* is the last moment this process can trust that it still holds the lock:
+//! the time its last successful `SET`/extend was **sent** (the key's TTL started later than that,
+//! on the server), plus the ttl, minus a safety margin for clock drift (1% of the ttl + 2 ms, as
+//! in Redlock). Measured on the monotonic clock, so a wall-clock jump changes nothing.
+//!
+//! Auto-extended leases are extended every `floor(ttl / 2)` ms by their own ttl (v1's cadence);
+//! the extends due at one tick go out together on the multiplexed connection. A failed extend is
+//! retried until the deadline. A lease is *lost* when an extend finds another owner or no key (the
+//! script never re-creates a key), or when its deadline passes without a successful extend (Redis
+//! unreachable or slow). Watched leases (not auto-extended) are lost when their deadline passes.
+//! Released leases are forgotten first, so a release never reports a loss.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::connection::Connection;
+use crate::error::{EngineError, EngineResult, ErrorKind};
+use crate::scripts;
+
+/// Why a lease ended without a release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LostReason {
+    /// An extend found the key gone or holding another token.
+    NotOwner,
+    /// No extend succeeded before the deadline; the last error says why.
+    Unreachable(EngineError),
+    /// A lease that was not auto-extended reached its deadline.
+    Expired,
+}
+
+/// A lease the engine gave up on.
+#[derive(Debug, Clone)]
+pub struct LostLease {
+    pub key: String,
+    pub token: String,
+    pub reason: LostReason,
+    pub auto_extended: bool,
+}
+
+pub type LostCallback = Arc<dyn Fn(LostLease) + Send + Sync>;
+
+/// Clock-drift allowance subtracted from a lease's validity (Redlock's: 1% of the ttl + 2 ms).
+pub fn safety_margin(ttl: Duration) -> Duration {
+    ttl / 100 + Duration::from_millis(2)
+}
+
+struct HeldLease {
+    key: String,
+    ttl: Duration,
+    /// Auto-extension period; `None` for a lease that is only watched.
+    interval: Option<Duration>,
+    /// The key's TTL runs out no earlier than this (send time of the last success + ttl).
+    valid_until: Instant,
+    /// Identifies the queue entry that is current for this lease.
+    schedule: u64,
+    extending: bool,
+    last_error: Option<EngineError>,
+}
+
+/// The deadline of a lock whose TTL runs out no earlier than `valid_until`.
+pub(crate) fn deadline_at(valid_until: Instant, ttl: Duration) -> Instant {
+    valid_until
+        .checked_sub(safety_margin(ttl).min(ttl))
+        .unwrap_or(valid_until)
+}
+
+impl HeldLease {
+    fn deadline(&self) -> Instant {
+        deadline_at(self.valid_until, self.ttl)
+    }
+}
+
+#[derive(Default)]
+struct State {
+    leases: HashMap<Arc<str>, HeldLease>,
+    /// (due, schedule, token); entries whose schedule no longer matches the lease are stale.
+    queue: BinaryHeap<Reverse<(Instant, u64, Arc<str>)>>,
+    next_schedule: u64,
+    task_started: bool,
+}
+
+pub(crate) struct Leases {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: Notify,
+    conn: Arc<Connection>,
+    cancel: CancellationToken,
+    on_lost: Option<LostCallback>,
+}
+
+/// How soon a failed extend is tried again.
+fn retry_after(interval: Duration) -> Duration {
+    (interval / 5).clamp(Duration::from_millis(10), Duration::from_millis(500))
+}
+
+type Batch = Vec<(Arc<str>, String, Duration)>;
+
+impl Leases {
+    pub(crate) fn new(
+        conn: Arc<Connection>,
+        cancel: CancellationToken,
+        on_lost: Option<LostCallback>,
+    ) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                wake: Notify::new(),
+                conn,
+                cancel,
+                on_lost,
+            }),
+        }
+    }
+
+    /// Starts tracking a lease whose `SET` was sent at `sent_at`. Must run inside the runtime.
+    pub(crate) fn track(
+        &self,
+        key: &str,
+        token: &str,
+        ttl: Duration,
+        sent_at: Instant,
+        auto_extend: bool,
+    ) {
+        let interval =
+            auto_extend.then(|| Duration::from_millis((ttl.as_millis() / 2).max(1) as u64));
+        let lease = HeldLease {
+            key: key.to_owned(),
+            ttl,
+            interval,
+            valid_until: sent_at + ttl,
+            schedule: 0,
+            extending: false,
+            last_error: None,
+        };
+        let due = match interval {
+            Some(interval) => sent_at + interval,
+            None => lease.deadline(),
+        };
+        let token: Arc<str> = token.into();
+        let mut state = self.shared.lock();
+        state.leases.insert(token.clone(), lease);
+        let earliest_before = state.queue.peek().map(|Reverse((at, _, _))| *at);
+        state.reschedule(&token, due);
+        if !state.task_started {
+            state.task_started = true;
+            tokio::spawn(run(self.shared.clone()));
+        } else if earliest_before.is_none_or(|at| due < at) {
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// Stops tracking the lease with this token if it is one of `key`'s (v1 matched both).
+    pub(crate) fn forget(&self, key: &str, token: &str) {
+        let mut state = self.shared.lock();
+        if state
+            .leases
+            .get(token)
+            .is_some_and(|lease| lease.key == key)
+        {
+            state.leases.remove(token);
+        }
+    }
+
+    /// Records a successful manual extend sent at `sent_at`, moving the lease's deadline.
+    pub(crate) fn extended(&self, token: &str, sent_at: Instant, ttl: Duration) {
+        if let Some(lease) = self.shared.lock().leases.get_mut(token) {
+            lease.valid_until = lease.valid_until.max(sent_at + ttl);
+        }
+    }
+
+    /// The lease's current deadline, if it is tracked.
+    pub(crate) fn deadline(&self, token: &str) -> Option<Instant> {
+        self.shared
+            .lock()
+            .leases
+            .get(token)
+            .map(HeldLease::deadline)
+    }
+
+    /// How many leases are tracked now, and how many of them are auto-extended.
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        let state = self.shared.lock();
+        let extended = state
+            .leases
+            .values()
+            .filter(|l| l.interval.is_some())
+            .count();
+        (state.leases.len(), extended)
+    }
+}
+
+impl State {
+    fn reschedule(&mut self, token: &Arc<str>, at: Instant) {
+        self.next_schedule += 1;
+        let schedule = self.next_schedule;
+        if let Some(lease) = self.leases.get_mut(token) {
+            lease.schedule = schedule;
+            self.queue.push(Reverse((at, schedule, token.clone())));
+        }
+    }
+
+    /// Drops stale entries and tells when the next live one is due.
+    fn next_due(&mut self) -> Option<Instant> {
+        while let Some(Reverse((at, schedule, token))) = self.queue.peek() {
+            if self
+                .leases
+                .get(token)
+                .is_some_and(|l| l.schedule == *schedule)
+            {
+                return Some(*at);
+            }
+            self.queue.pop();
+        }
+        None
+    }
+
+    /// Handles every entry due at `now`: returns the extends to send and the leases lost.
+    fn take_due(&mut self, now: Instant) -> (Batch, Vec<LostLease>) {
+        let mut batch = Vec::new();
+        let mut lost = Vec::new();
+        while let Some(Reverse((at, _, _))) = self.queue.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, schedule, token))) = self.queue.pop() else {
+                break;
+            };
+            let Some(lease) = self
+                .leases
+                .get_mut(&token)
+                .filter(|l| l.schedule == schedule)
+            else {
+                continue;
+            };
+            let deadline = lease.deadline();
+            if now >= deadline {
+                let reason = match (&lease.interval, lease.last_error.take()) {
+                    (None, _) => LostReason::Expired,
+                    (Some(_), Some(err)) => LostReason::Unreachable(err),
+                    (Some(_), None) => LostReason::Unreachable(EngineError::new(
+                        ErrorKind::Timeout,
+                        "no extend succeeded before the lock's deadline",
+                    )),
+                };
+                if let Some(lease) = self.leases.remove(&token) {
+                    lost.push(LostLease {
+                        key: lease.key,
+                        token: token.to_string(),
+                        auto_extended: lease.interval.is_some(),
+                        reason,
+                    });
+                }
+                continue;
+            }
+            if lease.interval.is_some() && !lease.extending {
+                lease.extending = true;
+                batch.push((token.clone(), lease.key.clone(), lease.ttl));
+            }
+            // Guard the deadline while an extend is in flight, or until a watched lease ends.
+            self.reschedule(&token, deadline);
+        }
+        (batch, lost)
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn report(&self, lost: Vec<LostLease>) {
+        if let Some(on_lost) = &self.on_lost {
+            for lease in lost {
+                on_lost(lease);
+            }
+        }
+    }
+}
+
+async fn run(shared: Arc<Shared>) {
+    loop {
+        let next = shared.lock().next_due();
+        let far = Instant::now() + Duration::from_secs(3600);
+        tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            _ = shared.wake.notified() => continue,
+            _ = tokio::time::sleep_until(next.unwrap_or(far)) => {}
+        }
+        let (batch, lost) = shared.lock().take_due(Instant::now());
+        if !batch.is_empty() {
+            // A slow server must not hold up the next tick: each batch runs on its own.
+            tokio::spawn(extend_batch(shared.clone(), batch));
+        }
+        shared.report(lost);
+    }
+}
+
+/// Most locks one batch script extends: keeps each script run short on the server.
+const EXTENDS_PER_SCRIPT: usize = 256;
+
+async fn extend_batch(shared: Arc<Shared>, batch: Batch) {
+    let sent_at = Instant::now();
+    let chunks = futures_util::future::join_all(batch.chunks(EXTENDS_PER_SCRIPT).map(|chunk| {
+        let conn = &shared.conn;
+        async move {
+            let mut invocation = scripts::EXTEND_MANY.prepare_invoke();
+            for (token, key, ttl) in chunk {
+                invocation
+                    .key(key.as_str())
+                    .arg(&**token)
+                    .arg(ttl.as_millis() as u64);
+            }
+            let replies: EngineResult<Vec<i64>> = conn.invoke(&invocation).await;
+            match replies {
+                Ok(replies) if replies.len() == chunk.len() => {
+                    replies.into_iter().map(Ok).collect()
+                }
+                Ok(_) => vec![
+                    Err(EngineError::new(
+                        ErrorKind::Redis,
+                        "unexpected reply to the batch extend"
+                    ));
+                    chunk.len()
+                ],
+                Err(err) => vec![Err(err); chunk.len()],
+            }
+        }
+    }))
+    .await;
+    let results: Vec<EngineResult<i64>> = chunks.into_iter().flatten().collect();
+
+    let mut lost = Vec::new();
+    {
+        let mut state = shared.lock();
+        let now = Instant::now();
+        for ((token, _, _), result) in batch.iter().zip(results) {
+            let Some(lease) = state.leases.get_mut(token) else {
+                continue; // released, or given up at its deadline, while the extend was in flight
+            };
+            lease.extending = false;
+            match result {
+                Ok(1) => {
+                    lease.valid_until = lease.valid_until.max(sent_at + lease.ttl);
+                    lease.last_error = None;
+                    let at = now + lease.interval.unwrap_or(lease.ttl / 2);
+                    state.reschedule(token, at);
+                }
+                Ok(_) => {
+                    if let Some(lease) = state.leases.remove(token) {
+                        lost.push(LostLease {
+                            key: lease.key,
+                            token: token.to_string(),
+                            reason: LostReason::NotOwner,
+                            auto_extended: true,
+                        });
+                    }
+                }
+                Err(err) => {
+                    let deadline = lease.deadline();
+                    lease.last_error = Some(err);
+                    let interval = lease.interval.unwrap_or(lease.ttl / 2);
+                    // At the deadline the scheduler declares the lease lost if still failing.
+                    state.reschedule(token, (now + retry_after(interval)).min(deadline));
+                }
+            }
+        }
+    }
+    // The scheduler may be asleep until a later entry; let it see the new ones.
+    shared.wake.notify_one();
+    shared.report(lost);
+}
