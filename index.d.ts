@@ -17,6 +17,26 @@ export interface LockOptions {
    * else 1000. A command past it rejects with `LockTimeoutError`.
    */
   commandTimeout?: number;
+  /**
+   * v2: called once for each auto-extended lock that is lost (an extend found another owner or
+   * no key, or no extend succeeded before the lock's deadline). Whatever it throws or rejects
+   * with becomes a process warning, never an unhandled rejection.
+   */
+  onLockLost?: (info: LockLostInfo) => void | Promise<void>;
+  /**
+   * v2: keep a fencing counter per resource so every acquire gets a fence (default: true). Each
+   * resource ever locked keeps one small counter key in Redis (see the README); turn this off
+   * for unbounded resource names if you do not use fences.
+   */
+  fencing?: boolean;
+}
+
+/** What `onLockLost` receives. */
+export interface LockLostInfo {
+  resource: string;
+  token: string;
+  /** Why: `reason.kind` is 'not-owner', 'unreachable', 'expired' or 'closed'. */
+  reason: LockLostError;
 }
 
 /** Options for `acquire()` and `using()`. */
@@ -30,8 +50,47 @@ export interface AcquireOptions {
   autoExtend?: boolean;
   /** Retry attempts after the first (default: 0). `Infinity` retries until acquired. */
   retryCount?: number;
-  /** Delay in ms between attempts (default: 200). */
+  /**
+   * Delay in ms between attempts (default: 200). v2: a release by a v2 process wakes waiters at
+   * once (Redis pub/sub); polling every retryDelay remains, for locks released by v1 or expiring.
+   * A wake-up's attempt does not count against retryCount, so a waiter gives up no sooner than
+   * retryCount × retryDelay, as in v1.
+   */
   retryDelay?: number;
+  /** v2: up to this many ms of random extra delay per retry (default: 0). */
+  retryJitter?: number;
+  /**
+   * v2: stop waiting after this many ms in total and resolve `null`. Without `retryCount`, it
+   * means "retry until then".
+   */
+  waitTimeout?: number;
+  /** v2: reject with `signal.reason` when it aborts while waiting (a lock granted meanwhile is released). */
+  signal?: AbortSignal;
+}
+
+/** v2: a held lock. `await using lease = await lock.acquireLease(...)` releases it at scope end. */
+export interface Lease {
+  readonly resource: string;
+  /** The owner token (32 hex characters). */
+  readonly token: string;
+  /**
+   * The fencing token: strictly increasing per resource across all clients, also across the
+   * lock key expiring. Send it with every write to a store that rejects a fence lower than the
+   * highest it has seen. `null` when the Lock has `fencing: false`.
+   */
+  readonly fence: number | null;
+  /**
+   * Epoch ms (this process's clock) until which the lock is known to be held: send time of the
+   * last successful SET or extend + ttl − a safety margin (1% of ttl + 2 ms). Moves with extends.
+   */
+  readonly expiresAt: number;
+  /** Aborts, with a `LockLostError` as its reason, when the lock is lost. */
+  readonly signal: AbortSignal;
+  /** Extend to `ttl` ms (default: the Lock's ttl). `false` if the lock was lost. */
+  extend(ttl?: number): Promise<boolean>;
+  /** Release. `false` if it had expired or belongs to someone else. */
+  release(): Promise<boolean>;
+  [Symbol.asyncDispose](): Promise<void>;
 }
 
 /** TLS settings, as ioredis's `tls` option holds them (the fields the engine uses). */
@@ -105,14 +164,28 @@ export declare class Lock {
   isLocked(resource: string): Promise<boolean>;
 
   /**
-   * Acquire, run `fn`, release (even if `fn` throws).
-   * @throws {LockAcquireError} `Failed to acquire lock on resource "<resource>".`
+   * v2: acquire, and get the lock as a `Lease` with its fence, deadline and lost-lock signal.
+   * The signal aborts when the lock is lost; without autoExtend, at its deadline.
+   * @returns the lease, or `null` if every attempt found the lock held.
    */
-  using<T>(resource: string, fn: () => Promise<T>, opts?: AcquireOptions): Promise<T>;
+  acquireLease(resource: string, opts?: AcquireOptions): Promise<Lease | null>;
 
   /**
-   * v2: stop auto-extension and pending retries and close the engine's connection. Locks still
-   * held expire at their ttl. Later calls reject with `LockClosedError`. Idempotent.
+   * Acquire, run `fn(signal, lease)`, release (even if `fn` throws). v1 callbacks that take no
+   * arguments work unchanged. `signal` aborts with a `LockLostError` if the lock is lost while
+   * `fn` runs (without autoExtend: at the lock's deadline).
+   * @throws {LockAcquireError} `Failed to acquire lock on resource "<resource>".`
+   */
+  using<T>(
+    resource: string,
+    fn: (signal: AbortSignal, lease: Lease) => T | PromiseLike<T>,
+    opts?: AcquireOptions
+  ): Promise<T>;
+
+  /**
+   * v2: stop auto-extension, pending waits and lease tracking, and close the engine's
+   * connections. Held leases' signals abort (kind 'closed'); their locks expire at their ttl.
+   * Later calls reject with `LockClosedError`. Idempotent.
    */
   close(): Promise<void>;
 
@@ -142,6 +215,17 @@ export declare class LockUnsupportedError extends LockError {}
 /** `using()` could not acquire the lock. `code`: `ERR_LOCK_NOT_ACQUIRED`. */
 export declare class LockAcquireError extends LockError {
   readonly resource: string;
+}
+/** A held lock was lost. `code`: `ERR_LOCK_LOST`. */
+export declare class LockLostError extends LockError {
+  readonly resource: string;
+  readonly token: string;
+  /**
+   * 'not-owner': an extend found another owner or no key. 'unreachable': no extend succeeded
+   * before the deadline. 'expired': a lease without autoExtend reached its deadline.
+   * 'closed': the Lock was closed while the lease was held.
+   */
+  readonly kind: 'not-owner' | 'unreachable' | 'expired' | 'closed';
 }
 
 declare global {

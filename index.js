@@ -16,4 +16,5 @@ module.exports = {
   LockConfigError: errors.LockConfigError,
   LockUnsupportedError: errors.LockUnsupportedError,
   LockAcquireError: errors.LockAcquireError,
+  LockLostError: errors.LockLostError,
 };

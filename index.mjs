@@ -12,4 +12,5 @@ export const {
   LockConfigError,
   LockUnsupportedError,
   LockAcquireError,
+  LockLostError,
 } = lib;

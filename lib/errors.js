@@ -88,6 +88,31 @@ class LockAcquireError extends LockError {
   }
 }
 
+/**
+ * A held lock was lost: `signal.reason` of a lease, and `info.reason` of `onLockLost`.
+ * `kind`: 'not-owner' (an extend found another owner or no key), 'unreachable' (no extend
+ * succeeded before the deadline), 'expired' (a lease without autoExtend reached its deadline),
+ * 'closed' (the Lock was closed while the lease was held).
+ */
+class LockLostError extends LockError {
+  /**
+   * @param {string} resource
+   * @param {string} token
+   * @param {'not-owner' | 'unreachable' | 'expired' | 'closed'} kind
+   * @param {string} detail
+   */
+  constructor(resource, token, kind, detail) {
+    super(`The lock on resource "${resource}" was lost: ${detail}.`);
+    this.code = 'ERR_LOCK_LOST';
+    /** @type {string} */
+    this.resource = resource;
+    /** @type {string} */
+    this.token = token;
+    /** @type {'not-owner' | 'unreachable' | 'expired' | 'closed'} */
+    this.kind = kind;
+  }
+}
+
 const BY_CODE = {
   ERR_LOCK_CONNECTION: LockConnectionError,
   ERR_LOCK_TIMEOUT: LockTimeoutError,
@@ -133,5 +158,6 @@ module.exports = {
   LockConfigError,
   LockUnsupportedError,
   LockAcquireError,
+  LockLostError,
   fromNative,
 };

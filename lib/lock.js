@@ -1,17 +1,48 @@
 'use strict';
-// The v1 `Lock` API on the native engine. This layer validates, converts and wraps; the engine
-// does the work (tokens, SET NX PX, scripts, retries, auto-extension).
+// The v1 `Lock` API on the native engine, plus v2's leases. This layer validates, converts and
+// wraps; the engine does the work (tokens, SET NX PX, fences, scripts, waiting, auto-extension,
+// deadlines).
 
 const { NativeLocker } = require('./native');
-const { fromNative, LockAcquireError } = require('./errors');
+const { fromNative, LockAcquireError, LockLostError } = require('./errors');
 const { resolveConnection } = require('./connection');
+const { Lease } = require('./lease');
 const validate = require('./validate');
 
 const DEFAULT_TTL_MS = 10000;
 const DEFAULT_PREFIX = 'lock:';
 const DEFAULT_RETRY_DELAY_MS = 200;
+const NO_WAIT_TIMEOUT = -1;
 
 const asyncDispose = Symbol.asyncDispose ?? Symbol.for('nodejs.asyncDispose');
+const onLost = Symbol('onLost');
+
+/**
+ * Lost-lease notifications come from the engine with the Lock's id, not with the Lock itself:
+ * the native side holds its callback strongly, and a callback that held the Lock would keep
+ * every Lock alive forever.
+ * @type {Map<number, WeakRef<Lock>>}
+ */
+const locksById = new Map();
+const forgetLock = new FinalizationRegistry((/** @type {number} */ id) => locksById.delete(id));
+let nextLockId = 1;
+
+/**
+ * @typedef {object} AcquireSettings
+ * @property {number} ttl
+ * @property {boolean} autoExtend
+ * @property {number} retryCount
+ * @property {number} retryDelay
+ * @property {number} retryJitter
+ * @property {number} waitTimeout
+ * @property {AbortSignal | undefined} signal
+ */
+
+/**
+ * @typedef {object} HeldLease
+ * @property {string} resource
+ * @property {AbortController} controller
+ */
 
 class Lock {
   /** @type {import('./native/native').NativeLocker} */
@@ -19,6 +50,12 @@ class Lock {
   /** ioredis keyPrefix + Lock prefix: v1's keys went through ioredis, which prepended its own. */
   #keyPrefix;
   #ttl;
+  /** @type {Function | undefined} */
+  #onLockLost;
+  /** Leases handed out by acquireLease/using, by token, until released or lost. @type {Map<string, HeldLease>} */
+  #leases = new Map();
+  #nextCancelId = 1;
+  #closed = false;
 
   /**
    * @param {unknown} redis an ioredis instance, a redis:// or rediss:// URL, or an options object
@@ -28,13 +65,18 @@ class Lock {
     const opts = validate.optionsBag('options', options);
     this.#ttl = validate.milliseconds('ttl', opts.ttl, DEFAULT_TTL_MS);
     const prefix = validate.text('prefix', opts.prefix, DEFAULT_PREFIX);
+    this.#onLockLost = validate.optionalCallback('onLockLost', opts.onLockLost);
+    const fencing = validate.flag('fencing', opts.fencing, true);
     const { settings, keyPrefix } = resolveConnection(redis, opts);
     this.#keyPrefix = keyPrefix + prefix;
+    const id = nextLockId++;
     try {
-      this.#native = new NativeLocker(settings);
+      this.#native = new NativeLocker(settings, { fencing }, (lost) => dispatchLost(id, ...lost));
     } catch (err) {
       throw fromNative(err);
     }
+    locksById.set(id, new WeakRef(this));
+    forgetLock.register(this, id);
   }
 
   /**
@@ -44,16 +86,30 @@ class Lock {
    */
   async acquire(resource, opts) {
     const key = this.#keyPrefix + validate.resourceName(resource);
-    const o = validate.optionsBag('opts', opts);
-    const ttl = validate.milliseconds('ttl', o.ttl, this.#ttl);
-    const autoExtend = validate.flag('autoExtend', o.autoExtend, false);
-    const retryCount = validate.retryCount(o.retryCount);
-    const retryDelay = validate.delay('retryDelay', o.retryDelay, DEFAULT_RETRY_DELAY_MS);
-    try {
-      return await this.#native.acquire(key, ttl, retryCount, retryDelay, autoExtend);
-    } catch (err) {
-      throw fromNative(err);
-    }
+    const o = this.#acquireSettings(opts);
+    return this.#withSignal(key, o.signal, (cancelId) =>
+      this.#native.acquire(key, o.ttl, o.retryCount, o.retryDelay, o.retryJitter, o.waitTimeout, o.autoExtend, cancelId),
+    );
+  }
+
+  /**
+   * v2: acquire, and get the lock as a Lease (token, fence, expiresAt, signal, extend, release).
+   * @param {unknown} resource
+   * @param {unknown} [opts]
+   * @returns {Promise<Lease | null>}
+   */
+  async acquireLease(resource, opts) {
+    const name = validate.resourceName(resource);
+    const key = this.#keyPrefix + name;
+    const o = this.#acquireSettings(opts);
+    const grant = await this.#withSignal(key, o.signal, (cancelId) =>
+      this.#native.acquireLease(key, o.ttl, o.retryCount, o.retryDelay, o.retryJitter, o.waitTimeout, o.autoExtend, cancelId),
+    );
+    if (grant === null) return null;
+    const controller = new AbortController();
+    this.#leases.set(grant.token, { resource: name, controller });
+    const expiresAt = Date.now() + Math.floor(grant.validForMs);
+    return new Lease(this.#leaseOwner, name, grant.token, grant.fence ?? null, expiresAt, controller.signal);
   }
 
   /**
@@ -64,6 +120,7 @@ class Lock {
   async release(resource, token) {
     const key = this.#keyPrefix + validate.resourceName(resource);
     const owner = validate.ownerToken(token);
+    this.#leases.delete(owner);
     try {
       return await this.#native.release(key, owner);
     } catch (err) {
@@ -102,43 +159,161 @@ class Lock {
   }
 
   /**
-   * Acquire, run `fn`, release (also when `fn` throws).
+   * Acquire, run `fn(signal, lease)`, release (also when `fn` throws).
    * @template T
    * @param {unknown} resource
-   * @param {() => T | PromiseLike<T>} fn
+   * @param {(signal: AbortSignal, lease: Lease) => T | PromiseLike<T>} fn
    * @param {unknown} [opts]
    * @returns {Promise<T>}
    */
   async using(resource, fn, opts) {
     const name = validate.resourceName(resource);
     validate.callback('fn', fn);
-    const token = await this.acquire(name, opts);
-    if (token === null) throw new LockAcquireError(name);
+    const lease = await this.acquireLease(name, opts);
+    if (lease === null) throw new LockAcquireError(name);
     let result;
     try {
-      result = await fn();
+      result = await fn(lease.signal, lease);
     } catch (err) {
       // fn's error is the one the caller needs; a failed release leaves the lock to its ttl.
-      await this.release(name, token).catch(() => {});
+      await lease.release().catch(() => {});
       throw err;
     }
-    await this.release(name, token);
+    await lease.release();
     return result;
   }
 
   /**
-   * Stops auto-extension and pending retries and closes the engine's connection. Locks still
-   * held expire at their ttl. Later calls reject with `LockClosedError`. Idempotent.
+   * Stops auto-extension, pending waits and lease tracking, and closes the engine's
+   * connections. Held leases' signals abort (kind 'closed'); their locks expire at their ttl.
+   * Later calls reject with `LockClosedError`. Idempotent.
    * @returns {Promise<void>}
    */
   async close() {
+    if (this.#closed) return;
+    this.#closed = true;
     this.#native.close();
+    for (const [token, lease] of this.#leases) {
+      lease.controller.abort(new LockLostError(lease.resource, token, 'closed', 'the Lock was closed'));
+    }
+    this.#leases.clear();
   }
 
   /** @returns {Promise<void>} */
   [asyncDispose]() {
     return this.close();
   }
+
+  /**
+   * Called (through dispatchLost) when the engine gives a tracked lease up.
+   * @param {string} key @param {string} token @param {string} kind @param {string} detail
+   * @param {boolean} autoExtended
+   */
+  [onLost](key, token, kind, detail, autoExtended) {
+    const lease = this.#leases.get(token);
+    this.#leases.delete(token);
+    const resource = lease ? lease.resource : key.slice(this.#keyPrefix.length);
+    const error = new LockLostError(resource, token, /** @type {LockLostError['kind']} */ (kind), detail);
+    if (lease) lease.controller.abort(error);
+    if (autoExtended && this.#onLockLost) callSafely(this.#onLockLost, { resource, token, reason: error });
+  }
+
+  /** What a Lease may do with its Lock. */
+  #leaseOwner = {
+    extend: (/** @type {string} */ resource, /** @type {string} */ token, /** @type {number | undefined} */ ttl) =>
+      this.extend(resource, token, ttl),
+    release: (/** @type {string} */ resource, /** @type {string} */ token) => this.release(resource, token),
+    timeLeftMs: (/** @type {string} */ token) => (this.#leases.has(token) ? this.#native.timeLeftMs(token) : null),
+  };
+
+  /**
+   * @param {unknown} opts
+   * @returns {AcquireSettings}
+   */
+  #acquireSettings(opts) {
+    const o = validate.optionsBag('opts', opts);
+    const waitTimeout = o.waitTimeout == null ? NO_WAIT_TIMEOUT : validate.delay('waitTimeout', o.waitTimeout, 0);
+    return {
+      ttl: validate.milliseconds('ttl', o.ttl, this.#ttl),
+      autoExtend: validate.flag('autoExtend', o.autoExtend, false),
+      // A wait timeout without a retry count means: retry until the timeout.
+      retryCount: o.retryCount == null && waitTimeout !== NO_WAIT_TIMEOUT ? Infinity : validate.retryCount(o.retryCount),
+      retryDelay: validate.delay('retryDelay', o.retryDelay, DEFAULT_RETRY_DELAY_MS),
+      retryJitter: validate.delay('retryJitter', o.retryJitter, 0),
+      waitTimeout,
+      signal: validate.abortSignal('signal', o.signal),
+    };
+  }
+
+  /**
+   * Runs a native acquire, wired to `signal`: rejects with `signal.reason` once it aborts, and
+   * releases a lock that was granted just as the signal aborted.
+   * @template {string | { token: string } | null} R
+   * @param {string} key
+   * @param {AbortSignal | undefined} signal
+   * @param {(cancelId: number) => Promise<R>} start
+   * @returns {Promise<R>}
+   */
+  async #withSignal(key, signal, start) {
+    if (!signal) {
+      try {
+        return await start(0);
+      } catch (err) {
+        throw fromNative(err);
+      }
+    }
+    if (signal.aborted) throw signal.reason;
+    const cancelId = this.#nextCancelId++;
+    const onAbort = () => this.#native.cancel(cancelId);
+    signal.addEventListener('abort', onAbort, { once: true });
+    let granted;
+    try {
+      granted = await start(cancelId);
+    } catch (err) {
+      if (signal.aborted) throw signal.reason;
+      throw fromNative(err);
+    } finally {
+      signal.removeEventListener('abort', onAbort);
+    }
+    if (granted !== null && signal.aborted) {
+      const token = typeof granted === 'string' ? granted : granted.token;
+      await this.#native.release(key, token).catch(() => {});
+      throw signal.reason;
+    }
+    return granted;
+  }
+}
+
+/**
+ * @param {number} lockId @param {string} key @param {string} token @param {string} kind
+ * @param {string} detail @param {boolean} autoExtended
+ */
+function dispatchLost(lockId, key, token, kind, detail, autoExtended) {
+  try {
+    locksById.get(lockId)?.deref()?.[onLost](key, token, kind, detail, autoExtended);
+  } catch (err) {
+    // Nothing in this path should throw; if it does, it must not escape into the event loop.
+    warn('reporting a lost lock failed', err);
+  }
+}
+
+/** Calls the user's onLockLost so that nothing it does becomes an unhandled rejection. @param {Function} callback @param {object} info */
+function callSafely(callback, info) {
+  try {
+    const result = callback(info);
+    if (result && typeof result.then === 'function') {
+      result.then(undefined, (/** @type {unknown} */ err) => warn('onLockLost rejected', err));
+    }
+  } catch (err) {
+    warn('onLockLost threw', err);
+  }
+}
+
+/** @param {string} what @param {unknown} err */
+function warn(what, err) {
+  process.emitWarning(`simple-distributed-lock: ${what}: ${err instanceof Error ? err.message : String(err)}`, {
+    code: 'SDL_LOCK_LOST_CALLBACK',
+  });
 }
 
 module.exports = { Lock };

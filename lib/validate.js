@@ -101,10 +101,28 @@ function optionsBag(name, value) {
   return /** @type {Record<string, unknown>} */ (value);
 }
 
+/**
+ * An AbortSignal (or anything shaped like one, e.g. from another realm).
+ * @param {string} name @param {unknown} value @returns {AbortSignal | undefined}
+ */
+function abortSignal(name, value) {
+  if (value == null) return undefined;
+  const candidate = /** @type {any} */ (value);
+  if (typeof candidate !== 'object' || typeof candidate.aborted !== 'boolean' || typeof candidate.addEventListener !== 'function') {
+    throw typeError(name, 'an AbortSignal', value);
+  }
+  return /** @type {AbortSignal} */ (value);
+}
+
 /** @param {string} name @param {unknown} value @returns {Function} */
 function callback(name, value) {
   if (typeof value !== 'function') throw typeError(name, 'a function', value);
   return value;
+}
+
+/** @param {string} name @param {unknown} value @returns {Function | undefined} */
+function optionalCallback(name, value) {
+  return value == null ? undefined : callback(name, value);
 }
 
 module.exports = {
@@ -120,4 +138,6 @@ module.exports = {
   text,
   optionsBag,
   callback,
+  optionalCallback,
+  abortSignal,
 };

@@ -1,68 +1,175 @@
 //! Node.js binding of the lock engine. Thin on purpose: it converts arguments, guards against
-//! values the facade should never send, and turns engine errors into JS errors whose message
-//! starts with a stable code (`ERR_LOCK_...: `) that the facade maps to an error class.
+//! values the facade should never send, wires `AbortSignal`s to cancellation, forwards lost
+//! leases to JS, and turns engine errors into JS errors whose message starts with a stable code
+//! (`ERR_LOCK_...: `) that the facade maps to an error class.
 //!
-//! Every export either cannot panic or is marked `catch_unwind`; async exports reject on panic
-//! (napi-rs contains panics in the futures it drives).
+//! Every sync export is marked `catch_unwind`; async work rejects on panic (napi-rs contains
+//! panics in the futures it drives).
 
 mod errors;
 mod settings;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use napi::bindgen_prelude::*;
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
-use sdl_engine::{AcquireOptions, Locker, RetryPolicy};
+use sdl_engine::{
+    AcquireOptions, Acquired, CancellationToken, Locker, LockerOptions, LostLease, LostReason,
+    RetryPolicy,
+};
 
 use errors::{invalid_arg, to_js_error};
-pub use settings::{ConnectionSettings, TlsSettings};
+pub use settings::{ConnectionSettings, LockerSettings, TlsSettings};
+
+/// (key, token, reason code, message, auto-extended) of a lost lease, for the facade.
+type LostArgs = (String, String, String, String, bool);
+/// Weak: a pending notification never keeps the process alive.
+type LostNotifier = ThreadsafeFunction<LostArgs, (), LostArgs, Status, false, true>;
+
+/// A lock just acquired by `acquireLease`.
+#[napi(object)]
+pub struct LeaseGrant {
+    pub token: String,
+    /// Strictly increasing per resource; `null` when fencing is off.
+    pub fence: Option<i64>,
+    /// How long from now the lock is known to be held, in ms.
+    pub valid_for_ms: f64,
+}
 
 /// The engine's lock operations on one Redis server. The JS `Lock` class wraps this.
 #[napi]
 pub struct NativeLocker {
     inner: Arc<Locker>,
+    /// Waiting acquires the facade may cancel, by the id it chose.
+    cancels: Arc<Mutex<HashMap<u32, CancellationToken>>>,
 }
 
 #[napi]
 impl NativeLocker {
-    /// Creates the locker; connects lazily on the first operation.
-    #[napi(constructor, catch_unwind)]
-    pub fn new(settings: ConnectionSettings) -> Result<Self> {
+    /// Creates the locker; connects lazily on the first operation. `onLost` receives
+    /// `[key, token, reason, message, autoExtended]` once for each tracked lease that is lost.
+    #[napi(
+        constructor,
+        catch_unwind,
+        ts_args_type = "settings: ConnectionSettings, options: LockerSettings, onLost: (lost: [key: string, token: string, reason: 'not-owner' | 'unreachable' | 'expired', message: string, autoExtended: boolean]) => void"
+    )]
+    pub fn new(
+        settings: ConnectionSettings,
+        options: LockerSettings,
+        on_lost: Function<'_, LostArgs, ()>,
+    ) -> Result<Self> {
         let config = settings.into_config()?;
-        let locker = Locker::new(config, None).map_err(to_js_error)?;
+        let notifier: LostNotifier = on_lost
+            .build_threadsafe_function()
+            .weak::<true>()
+            .callee_handled::<false>()
+            .build()?;
+        let on_lost = Arc::new(move |lease: LostLease| {
+            // Fails only while Node shuts down, when nobody is left to tell.
+            let _ = notifier.call(lost_args(lease), ThreadsafeFunctionCallMode::NonBlocking);
+        });
+        let locker = Locker::new(
+            config,
+            LockerOptions {
+                fencing: options.fencing.unwrap_or(true),
+                on_lost: Some(on_lost),
+            },
+        )
+        .map_err(to_js_error)?;
         Ok(Self {
             inner: Arc::new(locker),
+            cancels: Arc::default(),
         })
     }
 
-    /// `SET key token PX ttl NX`, retried as asked. Resolves to the token, or `null`.
+    /// Takes the lock, waiting as asked. Resolves to the token, or `null`.
     ///
-    /// `retryCount` may be `Infinity`; `retryDelayMs` may be fractional.
-    #[napi]
-    pub async fn acquire(
+    /// `retryCount` may be `Infinity`; `waitTimeoutMs` < 0 means no limit; `cancelId` 0 means
+    /// not cancellable, else `cancel(cancelId)` stops the wait.
+    #[napi(catch_unwind, ts_return_type = "Promise<string | null>")]
+    #[allow(clippy::too_many_arguments)]
+    pub fn acquire<'env>(
         &self,
+        env: &'env Env,
         key: String,
         ttl_ms: u32,
         retry_count: f64,
         retry_delay_ms: f64,
+        retry_jitter_ms: f64,
+        wait_timeout_ms: f64,
         auto_extend: bool,
-    ) -> Result<Option<String>> {
-        let options = AcquireOptions {
-            ttl: ttl(ttl_ms)?,
-            retry: RetryPolicy {
-                retry_count: retry_count_of(retry_count)?,
-                retry_delay: delay_of(retry_delay_ms)?,
-            },
+        cancel_id: u32,
+    ) -> Result<PromiseRaw<'env, Option<String>>> {
+        let options = acquire_options(
+            ttl_ms,
+            retry_count,
+            retry_delay_ms,
+            retry_jitter_ms,
+            wait_timeout_ms,
             auto_extend,
-        };
-        self.inner.acquire(&key, options).await.map_err(to_js_error)
+            false,
+        )?;
+        let acquiring = self.acquiring(key, options, cancel_id);
+        env.spawn_future(async move { Ok(acquiring.await?.map(|acquired| acquired.token)) })
     }
 
-    /// Deletes the lock if `token` owns it. Resolves to whether it did.
-    #[napi]
-    pub async fn release(&self, key: String, token: String) -> Result<bool> {
-        self.inner.release(&key, &token).await.map_err(to_js_error)
+    /// Like `acquire`, and watches the lease so its loss is reported; resolves to a grant.
+    #[napi(catch_unwind, ts_return_type = "Promise<LeaseGrant | null>")]
+    #[allow(clippy::too_many_arguments)]
+    pub fn acquire_lease<'env>(
+        &self,
+        env: &'env Env,
+        key: String,
+        ttl_ms: u32,
+        retry_count: f64,
+        retry_delay_ms: f64,
+        retry_jitter_ms: f64,
+        wait_timeout_ms: f64,
+        auto_extend: bool,
+        cancel_id: u32,
+    ) -> Result<PromiseRaw<'env, Option<LeaseGrant>>> {
+        let options = acquire_options(
+            ttl_ms,
+            retry_count,
+            retry_delay_ms,
+            retry_jitter_ms,
+            wait_timeout_ms,
+            auto_extend,
+            true,
+        )?;
+        let acquiring = self.acquiring(key, options, cancel_id);
+        env.spawn_future(async move {
+            Ok(acquiring.await?.map(|acquired| LeaseGrant {
+                valid_for_ms: acquired.time_left().as_secs_f64() * 1000.0,
+                token: acquired.token,
+                fence: acquired.fence,
+            }))
+        })
+    }
+
+    /// Stops the waiting acquire registered under `cancelId`, if it still waits.
+    #[napi(catch_unwind)]
+    pub fn cancel(&self, cancel_id: u32) {
+        if let Some(token) = lock(&self.cancels).get(&cancel_id) {
+            token.cancel();
+        }
+    }
+
+    /// Deletes the lock if `token` owns it. Resolves to whether it did. Tracking stops at once,
+    /// before this returns, so no loss is reported for a lease being released.
+    #[napi(catch_unwind, ts_return_type = "Promise<boolean>")]
+    pub fn release<'env>(
+        &self,
+        env: &'env Env,
+        key: String,
+        token: String,
+    ) -> Result<PromiseRaw<'env, bool>> {
+        self.inner.stop_tracking(&key, &token);
+        let inner = self.inner.clone();
+        env.spawn_future(async move { inner.release(&key, &token).await.map_err(to_js_error) })
     }
 
     /// Sets the lock's TTL if `token` owns it. Resolves to whether it did.
@@ -81,10 +188,22 @@ impl NativeLocker {
         self.inner.is_locked(&key).await.map_err(to_js_error)
     }
 
-    /// How many locks are being auto-extended now.
+    /// Ms until the tracked lease's deadline (0 once passed); `null` if it is not tracked.
+    #[napi(catch_unwind)]
+    pub fn time_left_ms(&self, token: String) -> Option<f64> {
+        self.inner
+            .time_left(&token)
+            .map(|left| left.as_secs_f64() * 1000.0)
+    }
+
+    /// `[tracked leases, of which auto-extended]`.
     #[napi(getter, catch_unwind)]
-    pub fn auto_extended(&self) -> u32 {
-        u32::try_from(self.inner.auto_extended()).unwrap_or(u32::MAX)
+    pub fn tracked(&self) -> Vec<u32> {
+        let (tracked, extended) = self.inner.tracked();
+        [tracked, extended]
+            .into_iter()
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+            .collect()
     }
 
     /// `host:port` or socket path of the server (no credentials).
@@ -93,11 +212,96 @@ impl NativeLocker {
         self.inner.target().to_owned()
     }
 
-    /// Stops auto-extension and pending retries, and drops the connection. Idempotent.
+    /// Stops auto-extension, tracking and pending waits, and drops the connections. Idempotent.
     #[napi(catch_unwind)]
     pub fn close(&self) {
         self.inner.close();
     }
+}
+
+impl NativeLocker {
+    /// The acquire future, with its cancellation registered now (before JS can ask for it).
+    fn acquiring(
+        &self,
+        key: String,
+        options: AcquireOptions,
+        cancel_id: u32,
+    ) -> impl std::future::Future<Output = Result<Option<Acquired>>> + Send + 'static {
+        let inner = self.inner.clone();
+        let registration = (cancel_id != 0).then(|| {
+            let token = CancellationToken::new();
+            lock(&self.cancels).insert(cancel_id, token.clone());
+            (self.cancels.clone(), token)
+        });
+        async move {
+            let result = inner
+                .acquire(&key, options, registration.as_ref().map(|(_, token)| token))
+                .await
+                .map_err(to_js_error);
+            if let Some((cancels, _)) = registration {
+                lock(&cancels).remove(&cancel_id);
+            }
+            result
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn lost_args(lease: LostLease) -> LostArgs {
+    let (code, message) = match lease.reason {
+        LostReason::NotOwner => (
+            "not-owner",
+            "another owner holds it, or it expired".to_owned(),
+        ),
+        LostReason::Expired => ("expired", "its ttl ran out".to_owned()),
+        LostReason::Unreachable(err) => (
+            "unreachable",
+            format!(
+                "no extend succeeded before its ttl ran out ({}: {})",
+                err.code(),
+                err.message()
+            ),
+        ),
+    };
+    (
+        lease.key,
+        lease.token,
+        code.to_owned(),
+        message,
+        lease.auto_extended,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn acquire_options(
+    ttl_ms: u32,
+    retry_count: f64,
+    retry_delay_ms: f64,
+    retry_jitter_ms: f64,
+    wait_timeout_ms: f64,
+    auto_extend: bool,
+    watch: bool,
+) -> Result<AcquireOptions> {
+    Ok(AcquireOptions {
+        ttl: ttl(ttl_ms)?,
+        retry: RetryPolicy {
+            retry_count: retry_count_of(retry_count)?,
+            retry_delay: ms_of("retryDelay", retry_delay_ms)?,
+            retry_jitter: ms_of("retryJitter", retry_jitter_ms)?,
+            wait_timeout: if wait_timeout_ms < 0.0 {
+                None
+            } else {
+                Some(ms_of("waitTimeout", wait_timeout_ms)?)
+            },
+        },
+        auto_extend,
+        watch,
+    })
 }
 
 fn ttl(ttl_ms: u32) -> Result<Duration> {
@@ -123,7 +327,7 @@ fn retry_count_of(count: f64) -> Result<Option<u64>> {
     }
 }
 
-fn delay_of(ms: f64) -> Result<Duration> {
+fn ms_of(name: &str, ms: f64) -> Result<Duration> {
     Duration::try_from_secs_f64(ms / 1000.0)
-        .map_err(|_| invalid_arg("retryDelay", "must be a non-negative finite number of ms"))
+        .map_err(|_| invalid_arg(name, "must be a non-negative finite number of ms"))
 }

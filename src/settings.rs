@@ -23,6 +23,13 @@ pub struct TlsSettings {
     pub reject_unauthorized: Option<bool>,
 }
 
+/// Lock-wide engine settings.
+#[napi(object)]
+pub struct LockerSettings {
+    /// Keep a fencing counter per resource (default `true`).
+    pub fencing: Option<bool>,
+}
+
 #[napi(object)]
 pub struct ConnectionSettings {
     pub host: Option<String>,

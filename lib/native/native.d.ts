@@ -3,25 +3,38 @@
 
 /** The engine's lock operations on one Redis server. The JS `Lock` class wraps this. */
 export declare class NativeLocker {
-  /** Creates the locker; connects lazily on the first operation. */
-  constructor(settings: ConnectionSettings)
   /**
-   * `SET key token PX ttl NX`, retried as asked. Resolves to the token, or `null`.
-   *
-   * `retryCount` may be `Infinity`; `retryDelayMs` may be fractional.
+   * Creates the locker; connects lazily on the first operation. `onLost` receives
+   * `[key, token, reason, message, autoExtended]` once for each tracked lease that is lost.
    */
-  acquire(key: string, ttlMs: number, retryCount: number, retryDelayMs: number, autoExtend: boolean): Promise<string | null>
-  /** Deletes the lock if `token` owns it. Resolves to whether it did. */
+  constructor(settings: ConnectionSettings, options: LockerSettings, onLost: (lost: [key: string, token: string, reason: 'not-owner' | 'unreachable' | 'expired', message: string, autoExtended: boolean]) => void)
+  /**
+   * Takes the lock, waiting as asked. Resolves to the token, or `null`.
+   *
+   * `retryCount` may be `Infinity`; `waitTimeoutMs` < 0 means no limit; `cancelId` 0 means
+   * not cancellable, else `cancel(cancelId)` stops the wait.
+   */
+  acquire(key: string, ttlMs: number, retryCount: number, retryDelayMs: number, retryJitterMs: number, waitTimeoutMs: number, autoExtend: boolean, cancelId: number): Promise<string | null>
+  /** Like `acquire`, and watches the lease so its loss is reported; resolves to a grant. */
+  acquireLease(key: string, ttlMs: number, retryCount: number, retryDelayMs: number, retryJitterMs: number, waitTimeoutMs: number, autoExtend: boolean, cancelId: number): Promise<LeaseGrant | null>
+  /** Stops the waiting acquire registered under `cancelId`, if it still waits. */
+  cancel(cancelId: number): void
+  /**
+   * Deletes the lock if `token` owns it. Resolves to whether it did. Tracking stops at once,
+   * before this returns, so no loss is reported for a lease being released.
+   */
   release(key: string, token: string): Promise<boolean>
   /** Sets the lock's TTL if `token` owns it. Resolves to whether it did. */
   extend(key: string, token: string, ttlMs: number): Promise<boolean>
   /** Whether anybody holds the lock at `key`. */
   isLocked(key: string): Promise<boolean>
-  /** How many locks are being auto-extended now. */
-  get autoExtended(): number
+  /** Ms until the tracked lease's deadline (0 once passed); `null` if it is not tracked. */
+  timeLeftMs(token: string): number | null
+  /** `[tracked leases, of which auto-extended]`. */
+  get tracked(): Array<number>
   /** `host:port` or socket path of the server (no credentials). */
   get target(): string
-  /** Stops auto-extension and pending retries, and drops the connection. Idempotent. */
+  /** Stops auto-extension, tracking and pending waits, and drops the connections. Idempotent. */
   close(): void
 }
 
@@ -36,6 +49,21 @@ export interface ConnectionSettings {
   tls?: TlsSettings
   connectTimeoutMs?: number
   commandTimeoutMs?: number
+}
+
+/** A lock just acquired by `acquireLease`. */
+export interface LeaseGrant {
+  token: string
+  /** Strictly increasing per resource; `null` when fencing is off. */
+  fence?: number
+  /** How long from now the lock is known to be held, in ms. */
+  validForMs: number
+}
+
+/** Lock-wide engine settings. */
+export interface LockerSettings {
+  /** Keep a fencing counter per resource (default `true`). */
+  fencing?: boolean
 }
 
 export interface TlsSettings {

@@ -20,3 +20,5 @@ pub use config::{
 pub use error::{EngineError, EngineResult, ErrorKind};
 pub use leases::{LostCallback, LostLease, LostReason, safety_margin};
 pub use locker::{AcquireOptions, Acquired, Locker, LockerOptions, RetryPolicy};
+/// Cancels a waiting `acquire` (the binding wires an `AbortSignal` to one).
+pub use tokio_util::sync::CancellationToken;

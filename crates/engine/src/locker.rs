@@ -59,6 +59,13 @@ pub struct Acquired {
     pub deadline: Instant,
 }
 
+impl Acquired {
+    /// How long from now the lock is known to be held (zero once the deadline passed).
+    pub fn time_left(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+}
+
 /// Settings of a `Locker` beyond the server.
 #[derive(Clone)]
 pub struct LockerOptions {
@@ -201,6 +208,12 @@ impl Locker {
         }
     }
 
+    /// Stops auto-extending and watching the lease (`release` does this first too); call it
+    /// synchronously when a release starts so no loss is reported for a lease being released.
+    pub fn stop_tracking(&self, key: &str, token: &str) {
+        self.leases.forget(key, token);
+    }
+
     /// Deletes the lock if `token` still owns it, and wakes its waiters; stops tracking first.
     pub async fn release(&self, key: &str, token: &str) -> EngineResult<bool> {
         self.leases.forget(key, token);
@@ -237,6 +250,12 @@ impl Locker {
     /// The tracked lease's current deadline (moves with each successful extend).
     pub fn deadline(&self, token: &str) -> Option<Instant> {
         self.leases.deadline(token)
+    }
+
+    /// How long from now the tracked lease is known to be held; `None` if not tracked.
+    pub fn time_left(&self, token: &str) -> Option<Duration> {
+        self.deadline(token)
+            .map(|deadline| deadline.saturating_duration_since(Instant::now()))
     }
 
     /// How many leases are tracked, and how many of those are auto-extended.

@@ -6,7 +6,7 @@
 //! while this subscriber was reconnecting, are still picked up. A channel is subscribed while at
 //! least one waiter watches it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -179,6 +179,7 @@ async fn run(inner: Arc<Inner>, mut commands: mpsc::UnboundedReceiver<Command>) 
         backoff = Duration::from_millis(100);
         let (mut sink, mut stream) = pubsub.split();
         let current: Vec<String> = inner.lock_channels().keys().cloned().collect();
+        let mut subscribed: HashSet<String> = current.iter().cloned().collect();
         if !current.is_empty()
             && !matches!(
                 tokio::time::timeout(inner.command_timeout, sink.subscribe(&current)).await,
@@ -195,14 +196,20 @@ async fn run(inner: Arc<Inner>, mut commands: mpsc::UnboundedReceiver<Command>) 
                 command = commands.recv() => {
                     let outcome = match command {
                         None => return,
-                        Some(Command::Subscribe(channel)) if inner.watched(&channel) => {
-                            let subscribed =
+                        Some(Command::Subscribe(channel))
+                            if inner.watched(&channel) && !subscribed.contains(&channel) =>
+                        {
+                            let outcome =
                                 tokio::time::timeout(inner.command_timeout, sink.subscribe(&channel)).await;
                             // A release between the waiter's failed attempt and now went unheard.
                             inner.wake(&channel);
-                            subscribed
+                            subscribed.insert(channel);
+                            outcome
                         }
-                        Some(Command::Unsubscribe(channel)) if !inner.watched(&channel) => {
+                        Some(Command::Unsubscribe(channel))
+                            if !inner.watched(&channel) && subscribed.contains(&channel) =>
+                        {
+                            subscribed.remove(&channel);
                             tokio::time::timeout(inner.command_timeout, sink.unsubscribe(channel)).await
                         }
                         Some(_) => Ok(Ok(())), // superseded by a later change of the same channel
