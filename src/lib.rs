@@ -301,6 +301,7 @@ fn acquire_options(
         },
         auto_extend,
         watch,
+        replicas: None,
     })
 }
 

@@ -78,6 +78,16 @@ impl ServerConfig {
     }
 
     pub(crate) fn client(&self) -> EngineResult<redis::Client> {
+        let info = self.connection_info()?;
+        match self.tls_certificates() {
+            Some(certs) => redis::Client::build_with_tls(info, certs),
+            None => redis::Client::open(info),
+        }
+        .map_err(|e| self.config_error(&e))
+    }
+
+    /// Address, credentials and database, as the redis crate takes them.
+    pub(crate) fn connection_info(&self) -> EngineResult<redis::ConnectionInfo> {
         let addr = match (&self.address, &self.tls) {
             (ServerAddress::Tcp { host, port }, None) => {
                 redis::ConnectionAddr::Tcp(host.clone(), *port)
@@ -99,36 +109,33 @@ impl ServerConfig {
         if let Some(password) = &self.password {
             redis_info = redis_info.set_password(password);
         }
-        let info = redis::IntoConnectionInfo::into_connection_info(addr)
-            .map_err(|e| self.config_error(&e))?
-            .set_redis_settings(redis_info);
-
-        let certificates = self.tls.as_ref().and_then(|tls| {
-            if tls.ca.is_none() && tls.cert.is_none() {
-                return None;
-            }
-            Some(redis::TlsCertificates {
-                client_tls: match (&tls.cert, &tls.key) {
-                    (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
-                        client_cert: cert.clone(),
-                        client_key: key.clone(),
-                    }),
-                    _ => None,
-                },
-                root_cert: tls.ca.clone(),
-            })
-        });
         if self.tls.is_some() {
             install_crypto_provider();
         }
-        match certificates {
-            Some(certs) => redis::Client::build_with_tls(info, certs),
-            None => redis::Client::open(info),
-        }
-        .map_err(|e| self.config_error(&e))
+        Ok(redis::IntoConnectionInfo::into_connection_info(addr)
+            .map_err(|e| self.config_error(&e))?
+            .set_redis_settings(redis_info))
     }
 
-    fn config_error(&self, err: &redis::RedisError) -> EngineError {
+    /// Private CA and client certificate, if the TLS settings name any.
+    pub(crate) fn tls_certificates(&self) -> Option<redis::TlsCertificates> {
+        let tls = self.tls.as_ref()?;
+        if tls.ca.is_none() && tls.cert.is_none() {
+            return None;
+        }
+        Some(redis::TlsCertificates {
+            client_tls: match (&tls.cert, &tls.key) {
+                (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }),
+                _ => None,
+            },
+            root_cert: tls.ca.clone(),
+        })
+    }
+
+    pub(crate) fn config_error(&self, err: &redis::RedisError) -> EngineError {
         EngineError::new(
             ErrorKind::Config,
             format!(

@@ -22,6 +22,12 @@ pub enum ErrorKind {
     Closed,
     /// The caller cancelled a waiting acquire.
     Cancelled,
+    /// Redlock: too many masters failed to reach a majority either way.
+    Quorum,
+    /// Too few replicas acknowledged the lock's write in time.
+    Replication,
+    /// The deployment cannot do what was asked (e.g. replica acknowledgement on a cluster).
+    Unsupported,
     /// The configuration cannot work (bad TLS material, bad address).
     Config,
 }
@@ -36,6 +42,9 @@ impl ErrorKind {
             ErrorKind::Redis => "ERR_LOCK_REDIS",
             ErrorKind::Closed => "ERR_LOCK_CLOSED",
             ErrorKind::Cancelled => "ERR_LOCK_CANCELLED",
+            ErrorKind::Quorum => "ERR_LOCK_QUORUM",
+            ErrorKind::Replication => "ERR_LOCK_REPLICATION",
+            ErrorKind::Unsupported => "ERR_LOCK_UNSUPPORTED",
             ErrorKind::Config => "ERR_LOCK_CONFIG",
         }
     }

@@ -21,9 +21,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::Connection;
-use crate::error::{EngineError, EngineResult, ErrorKind};
-use crate::scripts;
+use crate::backend::Backend;
+use crate::error::{EngineError, ErrorKind};
 
 /// Why a lease ended without a release.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,7 +93,7 @@ pub(crate) struct Leases {
 struct Shared {
     state: Mutex<State>,
     wake: Notify,
-    conn: Arc<Connection>,
+    backend: Arc<Backend>,
     cancel: CancellationToken,
     on_lost: Option<LostCallback>,
 }
@@ -104,11 +103,11 @@ fn retry_after(interval: Duration) -> Duration {
     (interval / 5).clamp(Duration::from_millis(10), Duration::from_millis(500))
 }
 
-type Batch = Vec<(Arc<str>, String, Duration)>;
+type Batch = Vec<crate::ops::ExtendItem>;
 
 impl Leases {
     pub(crate) fn new(
-        conn: Arc<Connection>,
+        backend: Arc<Backend>,
         cancel: CancellationToken,
         on_lost: Option<LostCallback>,
     ) -> Self {
@@ -116,7 +115,7 @@ impl Leases {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
                 wake: Notify::new(),
-                conn,
+                backend,
                 cancel,
                 on_lost,
             }),
@@ -308,39 +307,10 @@ async fn run(shared: Arc<Shared>) {
     }
 }
 
-/// Most locks one batch script extends: keeps each script run short on the server.
-const EXTENDS_PER_SCRIPT: usize = 256;
-
 async fn extend_batch(shared: Arc<Shared>, batch: Batch) {
     let sent_at = Instant::now();
-    let chunks = futures_util::future::join_all(batch.chunks(EXTENDS_PER_SCRIPT).map(|chunk| {
-        let conn = &shared.conn;
-        async move {
-            let mut invocation = scripts::EXTEND_MANY.prepare_invoke();
-            for (token, key, ttl) in chunk {
-                invocation
-                    .key(key.as_str())
-                    .arg(&**token)
-                    .arg(ttl.as_millis() as u64);
-            }
-            let replies: EngineResult<Vec<i64>> = conn.invoke(&invocation).await;
-            match replies {
-                Ok(replies) if replies.len() == chunk.len() => {
-                    replies.into_iter().map(Ok).collect()
-                }
-                Ok(_) => vec![
-                    Err(EngineError::new(
-                        ErrorKind::Redis,
-                        "unexpected reply to the batch extend"
-                    ));
-                    chunk.len()
-                ],
-                Err(err) => vec![Err(err); chunk.len()],
-            }
-        }
-    }))
-    .await;
-    let results: Vec<EngineResult<i64>> = chunks.into_iter().flatten().collect();
+    let batch = Arc::new(batch);
+    let results = shared.backend.extend_many(batch.clone()).await;
 
     let mut lost = Vec::new();
     {
@@ -352,13 +322,13 @@ async fn extend_batch(shared: Arc<Shared>, batch: Batch) {
             };
             lease.extending = false;
             match result {
-                Ok(1) => {
+                Ok(true) => {
                     lease.valid_until = lease.valid_until.max(sent_at + lease.ttl);
                     lease.last_error = None;
                     let at = now + lease.interval.unwrap_or(lease.ttl / 2);
                     state.reschedule(token, at);
                 }
-                Ok(_) => {
+                Ok(false) => {
                     if let Some(lease) = state.leases.remove(token) {
                         lost.push(LostLease {
                             key: lease.key,

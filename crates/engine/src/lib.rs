@@ -4,21 +4,29 @@
 //! compare-and-expire), one self-healing connection per server, and one auto-extension
 //! scheduler per `Locker`. Nothing here knows about Node.js; the binding crate wraps it.
 
+mod backend;
+mod cluster;
 mod config;
 mod connection;
 mod error;
 mod keys;
+mod lazy;
 mod leases;
 mod locker;
+mod ops;
+mod quorum;
 mod scripts;
+mod sentinel;
 mod token;
 mod waiters;
 
+pub use backend::{ReplicaAck, Topology};
 pub use config::{
     DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, ServerAddress, ServerConfig, TlsOptions,
 };
 pub use error::{EngineError, EngineResult, ErrorKind};
 pub use leases::{LostCallback, LostLease, LostReason, safety_margin};
 pub use locker::{AcquireOptions, Acquired, Locker, LockerOptions, RetryPolicy};
+pub use sentinel::SentinelConfig;
 /// Cancels a waiting `acquire` (the binding wires an `AbortSignal` to one).
 pub use tokio_util::sync::CancellationToken;

@@ -6,12 +6,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ServerConfig;
-use crate::connection::Connection;
+use crate::backend::{Backend, ReplicaAck, Topology};
 use crate::error::{EngineError, EngineResult};
 use crate::keys;
 use crate::leases::{Leases, LostCallback, deadline_at};
-use crate::scripts;
 use crate::token::new_token;
 use crate::waiters::{WaitGuard, Waiters};
 
@@ -47,6 +45,8 @@ pub struct AcquireOptions {
     pub auto_extend: bool,
     /// Watch the lease and report it lost at its deadline even without auto-extension.
     pub watch: bool,
+    /// Wait for this many replicas to acknowledge the lock (single master or Sentinel).
+    pub replicas: Option<ReplicaAck>,
 }
 
 /// A lock this process now holds.
@@ -88,8 +88,7 @@ impl Default for LockerOptions {
 ///
 /// Creating a `Locker` does no I/O and needs no runtime; the first operation connects.
 pub struct Locker {
-    config: ServerConfig,
-    conn: Arc<Connection>,
+    backend: Arc<Backend>,
     leases: Leases,
     waiters: OnceLock<Waiters>,
     fencing: bool,
@@ -97,22 +96,21 @@ pub struct Locker {
 }
 
 impl Locker {
-    pub fn new(config: ServerConfig, options: LockerOptions) -> EngineResult<Self> {
-        let conn = Arc::new(Connection::new(config.clone())?);
+    pub fn new(topology: impl Into<Topology>, options: LockerOptions) -> EngineResult<Self> {
+        let backend = Arc::new(Backend::new(topology.into())?);
         let closed = CancellationToken::new();
         Ok(Self {
-            leases: Leases::new(conn.clone(), closed.clone(), options.on_lost),
-            config,
-            conn,
+            leases: Leases::new(backend.clone(), closed.clone(), options.on_lost),
+            backend,
             waiters: OnceLock::new(),
             fencing: options.fencing,
             closed,
         })
     }
 
-    /// `host:port` (or socket path) of the server, for messages.
+    /// What messages call the deployment (`host:port`, a socket path, a cluster, ...).
     pub fn target(&self) -> &str {
-        self.conn.target()
+        self.backend.target()
     }
 
     /// Takes the lock at `key`, waiting as the policy says.
@@ -143,7 +141,19 @@ impl Locker {
                 return Err(EngineError::cancelled());
             }
             let sent_at = Instant::now();
-            if let Some(fence) = self.try_set(key, &token, options.ttl).await? {
+            let valid_until = deadline_at(sent_at + options.ttl, options.ttl);
+            let granted = self
+                .backend
+                .try_acquire(
+                    key,
+                    &token,
+                    options.ttl,
+                    self.fencing,
+                    valid_until,
+                    options.replicas,
+                )
+                .await?;
+            if let Some(fence) = granted {
                 if options.auto_extend || options.watch {
                     self.leases
                         .track(key, &token, options.ttl, sent_at, options.auto_extend);
@@ -151,7 +161,7 @@ impl Locker {
                 return Ok(Some(Acquired {
                     token,
                     fence,
-                    deadline: deadline_at(sent_at + options.ttl, options.ttl),
+                    deadline: valid_until,
                 }));
             }
             let now = Instant::now();
@@ -183,31 +193,6 @@ impl Locker {
         }
     }
 
-    /// One attempt: `Some(fence)` if the lock was taken (`Some(None)` without fencing).
-    async fn try_set(
-        &self,
-        key: &str,
-        token: &str,
-        ttl: Duration,
-    ) -> EngineResult<Option<Option<i64>>> {
-        let ttl_ms = duration_ms(ttl);
-        if self.fencing {
-            let mut invocation = scripts::ACQUIRE_FENCED.prepare_invoke();
-            invocation
-                .key(key)
-                .key(keys::fence_key(key))
-                .arg(token)
-                .arg(ttl_ms);
-            let fence: i64 = self.conn.invoke(&invocation).await?;
-            Ok((fence > 0).then_some(Some(fence)))
-        } else {
-            let mut set = redis::cmd("SET");
-            set.arg(key).arg(token).arg("PX").arg(ttl_ms).arg("NX");
-            let reply: Option<String> = self.conn.query(&set).await?;
-            Ok(reply.map(|_| None))
-        }
-    }
-
     /// Stops auto-extending and watching the lease (`release` does this first too); call it
     /// synchronously when a release starts so no loss is reported for a lease being released.
     pub fn stop_tracking(&self, key: &str, token: &str) {
@@ -218,33 +203,24 @@ impl Locker {
     pub async fn release(&self, key: &str, token: &str) -> EngineResult<bool> {
         self.leases.forget(key, token);
         self.ensure_open()?;
-        let mut invocation = scripts::RELEASE.prepare_invoke();
-        invocation
-            .key(key)
-            .arg(token)
-            .arg(keys::released_channel(key));
-        let released: i64 = self.conn.invoke(&invocation).await?;
-        Ok(released == 1)
+        self.backend.release(key, token).await
     }
 
     /// Sets the lock's TTL to `ttl` if `token` still owns it. Never re-creates an expired key.
     pub async fn extend(&self, key: &str, token: &str, ttl: Duration) -> EngineResult<bool> {
         self.ensure_open()?;
         let sent_at = Instant::now();
-        let mut invocation = scripts::EXTEND.prepare_invoke();
-        invocation.key(key).arg(token).arg(duration_ms(ttl));
-        let extended: i64 = self.conn.invoke(&invocation).await?;
-        if extended == 1 {
+        let extended = self.backend.extend(key, token, ttl).await?;
+        if extended {
             self.leases.extended(token, sent_at, ttl);
         }
-        Ok(extended == 1)
+        Ok(extended)
     }
 
     /// Whether anybody holds the lock at `key`.
     pub async fn is_locked(&self, key: &str) -> EngineResult<bool> {
         self.ensure_open()?;
-        let exists: i64 = self.conn.query(redis::cmd("EXISTS").arg(key)).await?;
-        Ok(exists == 1)
+        self.backend.exists(key).await
     }
 
     /// The tracked lease's current deadline (moves with each successful extend).
@@ -267,7 +243,7 @@ impl Locker {
     /// expire at their TTL. Idempotent.
     pub fn close(&self) {
         self.closed.cancel();
-        self.conn.close();
+        self.backend.close();
     }
 
     pub fn is_closed(&self) -> bool {
@@ -276,7 +252,7 @@ impl Locker {
 
     fn waiters(&self) -> &Waiters {
         self.waiters
-            .get_or_init(|| Waiters::new(&self.config, self.conn.client(), self.closed.clone()))
+            .get_or_init(|| Waiters::new(self.backend.clone(), self.closed.clone()))
     }
 
     fn ensure_open(&self) -> EngineResult<()> {
@@ -292,8 +268,4 @@ impl Drop for Locker {
     fn drop(&mut self) {
         self.close();
     }
-}
-
-fn duration_ms(d: Duration) -> u64 {
-    d.as_millis().try_into().unwrap_or(u64::MAX)
 }

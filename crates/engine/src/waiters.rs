@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ServerConfig;
+use crate::backend::Backend;
 
 enum Command {
     Subscribe(String),
@@ -27,7 +27,7 @@ struct Channel {
 }
 
 struct Inner {
-    client: redis::Client,
+    backend: Arc<Backend>,
     connect_timeout: Duration,
     command_timeout: Duration,
     channels: Mutex<HashMap<String, Channel>>,
@@ -72,16 +72,13 @@ impl Drop for WaitGuard {
 }
 
 impl Waiters {
-    pub(crate) fn new(
-        config: &ServerConfig,
-        client: redis::Client,
-        cancel: CancellationToken,
-    ) -> Self {
+    pub(crate) fn new(backend: Arc<Backend>, cancel: CancellationToken) -> Self {
+        let (connect_timeout, command_timeout) = backend.timeouts();
         Self {
             inner: Arc::new(Inner {
-                client,
-                connect_timeout: config.connect_timeout,
-                command_timeout: config.command_timeout,
+                backend,
+                connect_timeout,
+                command_timeout,
                 channels: Mutex::new(HashMap::new()),
                 commands: Mutex::new(None),
                 cancel,
@@ -155,6 +152,7 @@ impl Inner {
 /// and wakes the waiters of a channel when a release is published on it.
 async fn run(inner: Arc<Inner>, mut commands: mpsc::UnboundedReceiver<Command>) {
     let mut backoff = Duration::from_millis(100);
+    let mut attempt = 0;
     loop {
         // Nobody waits: no connection needed until somebody does.
         while inner.lock_channels().is_empty() {
@@ -165,8 +163,9 @@ async fn run(inner: Arc<Inner>, mut commands: mpsc::UnboundedReceiver<Command>) 
         }
         let connected = tokio::select! {
             _ = inner.cancel.cancelled() => return,
-            result = tokio::time::timeout(inner.connect_timeout, inner.client.get_async_pubsub()) => result,
+            result = tokio::time::timeout(inner.connect_timeout * 2, subscriber(&inner, attempt)) => result,
         };
+        attempt += 1;
         let Ok(Ok(pubsub)) = connected else {
             // Waiters keep polling meanwhile; try again later.
             tokio::select! {
@@ -225,4 +224,15 @@ async fn run(inner: Arc<Inner>, mut commands: mpsc::UnboundedReceiver<Command>) 
             }
         }
     }
+}
+
+/// A pub/sub connection to the server (or, for a cluster or Redlock, to one of its nodes).
+async fn subscriber(
+    inner: &Inner,
+    attempt: usize,
+) -> crate::error::EngineResult<redis::aio::PubSub> {
+    let client = inner.backend.subscriber_client(attempt).await?;
+    client.get_async_pubsub().await.map_err(|e| {
+        crate::error::EngineError::from_redis(&e, inner.backend.target(), inner.connect_timeout)
+    })
 }

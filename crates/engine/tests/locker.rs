@@ -18,6 +18,7 @@ fn once(ttl_ms: u64) -> AcquireOptions {
         retry: RetryPolicy::ONCE,
         auto_extend: false,
         watch: false,
+        replicas: None,
     }
 }
 
