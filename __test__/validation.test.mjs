@@ -129,7 +129,7 @@ test('constructor: prefix must be a string; options an object', () => {
 
 test('constructor: redis must be an ioredis instance, a URL or an options object', () => {
   for (const value of [undefined, null, 42, true]) {
-    assert.throws(() => new Lock(bad(value)), { name: 'TypeError', message: /^redis must be an ioredis instance, a redis:\/\/ or rediss:\/\/ URL, or an options object/ });
+    assert.throws(() => new Lock(bad(value)), { name: 'TypeError', message: /^redis must be an ioredis instance \(Redis or Cluster\), a redis:\/\/ \/ rediss:\/\/ \/ redis\+sentinel:\/\/ URL, an options object, or an array of them for Redlock/ });
   }
   assert.throws(() => new Lock('http://example.com'), { name: 'TypeError', message: /URL scheme "http:" is not supported/ });
   assert.throws(() => new Lock({ port: 70000 }), { name: 'TypeError', message: /^redis\.port must be an integer from 1 to 65535/ });
@@ -148,20 +148,27 @@ test('constructor: a malformed URL is refused without echoing it (it may hold a 
   );
 });
 
-test('constructor: ioredis Cluster, Sentinel and server lists are not supported yet', async () => {
-  const { Redis, Cluster } = await import('ioredis');
+test('constructor: deployment descriptions that cannot work are refused', async () => {
+  const { Cluster } = await import('ioredis');
+  assert.throws(() => new Lock([server.url]), { name: 'RangeError', message: /^redis must be an array of at least 2 independent masters/ });
   const cluster = new Cluster([{ host: '127.0.0.1', port: 1 }], { lazyConnect: true });
-  assert.throws(() => new Lock(cluster), (err) => {
+  assert.throws(() => new Lock([server.url, cluster]), (err) => {
     assert.ok(err instanceof LockUnsupportedError);
     assert.equal(err.code, 'ERR_LOCK_UNSUPPORTED');
-    assert.match(err.message, /Cluster/);
+    assert.match(err.message, /^redis\[1\]: each Redlock master must be a single server/);
     return true;
   });
-  const sentinel = new Redis({ sentinels: [{ host: '127.0.0.1', port: 1 }], name: 'mymaster', lazyConnect: true });
-  assert.throws(() => new Lock(sentinel), { name: 'LockUnsupportedError', message: /Sentinel/ });
-  assert.throws(() => new Lock(bad([server.url, server.url])), { name: 'LockUnsupportedError', message: /Redlock/ });
+  assert.throws(() => new Lock({ cluster: [] }), { name: 'TypeError', message: /at least one startup node/ });
+  assert.throws(() => new Lock({ cluster: ['127.0.0.1:7000'], db: 2 }), { name: 'TypeError', message: /^redis\.db: Redis Cluster has only database 0/ });
+  assert.throws(() => new Lock({ sentinels: [{ host: '127.0.0.1', port: 26379 }] }), { name: 'TypeError', message: /^redis\.name must be the Sentinel master's name/ });
+  assert.throws(() => new Lock('redis+sentinel://:pw@/mymaster'), (err) => {
+    assert.ok(err instanceof TypeError);
+    assert.ok(!err.message.includes('pw'), err.message);
+    return true;
+  });
+  assert.throws(() => new Lock(server.url, { driftFactor: 0.5 }), { name: 'RangeError', message: /^driftFactor/ });
+  await assert.rejects(lock.acquire('x', { replicas: { count: 0 } }), { name: 'RangeError', message: /^replicas\.count must be a positive integer/ });
   cluster.disconnect();
-  sentinel.disconnect();
 });
 
 test('the process survives every rejected call and the Lock still works', async () => {

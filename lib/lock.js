@@ -12,7 +12,6 @@ const validate = require('./validate');
 const DEFAULT_TTL_MS = 10000;
 const DEFAULT_PREFIX = 'lock:';
 const DEFAULT_RETRY_DELAY_MS = 200;
-const NO_WAIT_TIMEOUT = -1;
 
 const asyncDispose = Symbol.asyncDispose ?? Symbol.for('nodejs.asyncDispose');
 const onLost = Symbol('onLost');
@@ -31,10 +30,7 @@ let nextLockId = 1;
  * @typedef {object} AcquireSettings
  * @property {number} ttl
  * @property {boolean} autoExtend
- * @property {number} retryCount
- * @property {number} retryDelay
- * @property {number} retryJitter
- * @property {number} waitTimeout
+ * @property {import('./native/native').WaitSettings | null} wait null: v1's single attempt
  * @property {AbortSignal | undefined} signal
  */
 
@@ -67,11 +63,12 @@ class Lock {
     const prefix = validate.text('prefix', opts.prefix, DEFAULT_PREFIX);
     this.#onLockLost = validate.optionalCallback('onLockLost', opts.onLockLost);
     const fencing = validate.flag('fencing', opts.fencing, true);
-    const { settings, keyPrefix } = resolveConnection(redis, opts);
+    const driftFactor = validate.fraction('driftFactor', opts.driftFactor, 0.01);
+    const { topology, keyPrefix } = resolveConnection(redis, opts);
     this.#keyPrefix = keyPrefix + prefix;
     const id = nextLockId++;
     try {
-      this.#native = new NativeLocker(settings, { fencing }, (lost) => dispatchLost(id, ...lost));
+      this.#native = new NativeLocker(topology, { fencing, driftFactor }, (lost) => dispatchLost(id, ...lost));
     } catch (err) {
       throw fromNative(err);
     }
@@ -87,9 +84,7 @@ class Lock {
   async acquire(resource, opts) {
     const key = this.#keyPrefix + validate.resourceName(resource);
     const o = this.#acquireSettings(opts);
-    return this.#withSignal(key, o.signal, (cancelId) =>
-      this.#native.acquire(key, o.ttl, o.retryCount, o.retryDelay, o.retryJitter, o.waitTimeout, o.autoExtend, cancelId),
-    );
+    return this.#withSignal(key, o.signal, (cancelId) => this.#native.acquire(key, o.ttl, o.autoExtend, o.wait, cancelId));
   }
 
   /**
@@ -103,7 +98,7 @@ class Lock {
     const key = this.#keyPrefix + name;
     const o = this.#acquireSettings(opts);
     const grant = await this.#withSignal(key, o.signal, (cancelId) =>
-      this.#native.acquireLease(key, o.ttl, o.retryCount, o.retryDelay, o.retryJitter, o.waitTimeout, o.autoExtend, cancelId),
+      this.#native.acquireLease(key, o.ttl, o.autoExtend, o.wait, cancelId),
     );
     if (grant === null) return null;
     const controller = new AbortController();
@@ -232,16 +227,30 @@ class Lock {
    */
   #acquireSettings(opts) {
     const o = validate.optionsBag('opts', opts);
-    const waitTimeout = o.waitTimeout == null ? NO_WAIT_TIMEOUT : validate.delay('waitTimeout', o.waitTimeout, 0);
+    const ttl = validate.milliseconds('ttl', o.ttl, this.#ttl);
+    const autoExtend = validate.flag('autoExtend', o.autoExtend, false);
+    const waitTimeout = o.waitTimeout == null ? undefined : validate.delay('waitTimeout', o.waitTimeout, 0);
+    // A wait timeout without a retry count means: retry until the timeout.
+    const retryCount = o.retryCount == null && waitTimeout !== undefined ? Infinity : validate.retryCount(o.retryCount);
+    const retryDelay = validate.delay('retryDelay', o.retryDelay, DEFAULT_RETRY_DELAY_MS);
+    const retryJitter = validate.delay('retryJitter', o.retryJitter, 0);
+    const replicas = replicaAck(o.replicas);
+    const signal = validate.abortSignal('signal', o.signal);
+    const single = retryCount === 0 && waitTimeout === undefined && replicas === undefined;
     return {
-      ttl: validate.milliseconds('ttl', o.ttl, this.#ttl),
-      autoExtend: validate.flag('autoExtend', o.autoExtend, false),
-      // A wait timeout without a retry count means: retry until the timeout.
-      retryCount: o.retryCount == null && waitTimeout !== NO_WAIT_TIMEOUT ? Infinity : validate.retryCount(o.retryCount),
-      retryDelay: validate.delay('retryDelay', o.retryDelay, DEFAULT_RETRY_DELAY_MS),
-      retryJitter: validate.delay('retryJitter', o.retryJitter, 0),
-      waitTimeout,
-      signal: validate.abortSignal('signal', o.signal),
+      ttl,
+      autoExtend,
+      wait: single
+        ? null
+        : {
+            retryCount,
+            retryDelayMs: retryDelay,
+            retryJitterMs: retryJitter,
+            waitTimeoutMs: waitTimeout,
+            replicas: replicas?.count,
+            replicasTimeoutMs: replicas?.timeout,
+          },
+      signal,
     };
   }
 
@@ -282,6 +291,19 @@ class Lock {
     }
     return granted;
   }
+}
+
+/**
+ * `replicas: { count, timeout }`: how many replicas must acknowledge the lock, within how long.
+ * @param {unknown} value
+ * @returns {{ count: number, timeout: number } | undefined}
+ */
+function replicaAck(value) {
+  if (value == null) return undefined;
+  const o = validate.optionsBag('replicas', value);
+  const count = validate.retryCount(o.count, 'replicas.count');
+  if (count === Infinity || count < 1) throw validate.rangeError('replicas.count', 'a positive integer', o.count);
+  return { count, timeout: validate.milliseconds('replicas.timeout', o.timeout, 1000) };
 }
 
 /**

@@ -57,13 +57,21 @@ function milliseconds(name, value, fallback) {
   return value;
 }
 
-/** @param {unknown} value @returns {number} */
-function retryCount(value) {
+/** @param {unknown} value @param {string} [name] @returns {number} */
+function retryCount(value, name = 'retryCount') {
   if (value == null) return 0;
-  if (typeof value !== 'number') throw typeError('retryCount', 'a non-negative integer or Infinity', value);
+  if (typeof value !== 'number') throw typeError(name, 'a non-negative integer or Infinity', value);
   if (value !== Infinity && (!Number.isInteger(value) || value < 0)) {
-    throw rangeError('retryCount', 'a non-negative integer or Infinity', value);
+    throw rangeError(name, 'a non-negative integer or Infinity', value);
   }
+  return value;
+}
+
+/** A share, from 0 up to (not including) 0.5. @param {string} name @param {unknown} value @param {number} fallback */
+function fraction(name, value, fallback) {
+  if (value == null) return fallback;
+  if (typeof value !== 'number') throw typeError(name, 'a number from 0 to below 0.5', value);
+  if (!(value >= 0 && value < 0.5)) throw rangeError(name, 'a number from 0 to below 0.5', value);
   return value;
 }
 
@@ -133,6 +141,7 @@ module.exports = {
   ownerToken,
   milliseconds,
   retryCount,
+  fraction,
   delay,
   flag,
   text,

@@ -18,11 +18,13 @@ use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 use sdl_engine::{
     AcquireOptions, Acquired, CancellationToken, Locker, LockerOptions, LostLease, LostReason,
-    RetryPolicy,
+    ReplicaAck, RetryPolicy,
 };
 
 use errors::{invalid_arg, to_js_error};
-pub use settings::{ConnectionSettings, LockerSettings, TlsSettings};
+pub use settings::{
+    ConnectionSettings, LockerSettings, TlsSettings, TopologySettings, WaitSettings,
+};
 
 /// (key, token, reason code, message, auto-extended) of a lost lease, for the facade.
 type LostArgs = (String, String, String, String, bool);
@@ -54,14 +56,15 @@ impl NativeLocker {
     #[napi(
         constructor,
         catch_unwind,
-        ts_args_type = "settings: ConnectionSettings, options: LockerSettings, onLost: (lost: [key: string, token: string, reason: 'not-owner' | 'unreachable' | 'expired', message: string, autoExtended: boolean]) => void"
+        ts_args_type = "topology: TopologySettings, options: LockerSettings, onLost: (lost: [key: string, token: string, reason: 'not-owner' | 'unreachable' | 'expired', message: string, autoExtended: boolean]) => void"
     )]
     pub fn new(
-        settings: ConnectionSettings,
+        topology: TopologySettings,
         options: LockerSettings,
         on_lost: Function<'_, LostArgs, ()>,
     ) -> Result<Self> {
-        let config = settings.into_config()?;
+        let topology = topology.into_topology()?;
+        let drift_factor = options.drift_factor()?;
         let notifier: LostNotifier = on_lost
             .build_threadsafe_function()
             .weak::<true>()
@@ -72,10 +75,11 @@ impl NativeLocker {
             let _ = notifier.call(lost_args(lease), ThreadsafeFunctionCallMode::NonBlocking);
         });
         let locker = Locker::new(
-            config,
+            topology,
             LockerOptions {
                 fencing: options.fencing.unwrap_or(true),
                 on_lost: Some(on_lost),
+                drift_factor,
             },
         )
         .map_err(to_js_error)?;
@@ -85,61 +89,35 @@ impl NativeLocker {
         })
     }
 
-    /// Takes the lock, waiting as asked. Resolves to the token, or `null`.
-    ///
-    /// `retryCount` may be `Infinity`; `waitTimeoutMs` < 0 means no limit; `cancelId` 0 means
-    /// not cancellable, else `cancel(cancelId)` stops the wait.
+    /// Takes the lock. Resolves to the token, or `null`. `wait` is absent for a single attempt;
+    /// `cancelId` 0 means not cancellable, else `cancel(cancelId)` stops the wait.
     #[napi(catch_unwind, ts_return_type = "Promise<string | null>")]
-    #[allow(clippy::too_many_arguments)]
     pub fn acquire<'env>(
         &self,
         env: &'env Env,
         key: String,
         ttl_ms: u32,
-        retry_count: f64,
-        retry_delay_ms: f64,
-        retry_jitter_ms: f64,
-        wait_timeout_ms: f64,
         auto_extend: bool,
+        wait: Option<WaitSettings>,
         cancel_id: u32,
     ) -> Result<PromiseRaw<'env, Option<String>>> {
-        let options = acquire_options(
-            ttl_ms,
-            retry_count,
-            retry_delay_ms,
-            retry_jitter_ms,
-            wait_timeout_ms,
-            auto_extend,
-            false,
-        )?;
+        let options = acquire_options(ttl_ms, auto_extend, false, wait)?;
         let acquiring = self.acquiring(key, options, cancel_id);
         env.spawn_future(async move { Ok(acquiring.await?.map(|acquired| acquired.token)) })
     }
 
     /// Like `acquire`, and watches the lease so its loss is reported; resolves to a grant.
     #[napi(catch_unwind, ts_return_type = "Promise<LeaseGrant | null>")]
-    #[allow(clippy::too_many_arguments)]
     pub fn acquire_lease<'env>(
         &self,
         env: &'env Env,
         key: String,
         ttl_ms: u32,
-        retry_count: f64,
-        retry_delay_ms: f64,
-        retry_jitter_ms: f64,
-        wait_timeout_ms: f64,
         auto_extend: bool,
+        wait: Option<WaitSettings>,
         cancel_id: u32,
     ) -> Result<PromiseRaw<'env, Option<LeaseGrant>>> {
-        let options = acquire_options(
-            ttl_ms,
-            retry_count,
-            retry_delay_ms,
-            retry_jitter_ms,
-            wait_timeout_ms,
-            auto_extend,
-            true,
-        )?;
+        let options = acquire_options(ttl_ms, auto_extend, true, wait)?;
         let acquiring = self.acquiring(key, options, cancel_id);
         env.spawn_future(async move {
             Ok(acquiring.await?.map(|acquired| LeaseGrant {
@@ -277,31 +255,41 @@ fn lost_args(lease: LostLease) -> LostArgs {
     )
 }
 
-#[allow(clippy::too_many_arguments)]
 fn acquire_options(
     ttl_ms: u32,
-    retry_count: f64,
-    retry_delay_ms: f64,
-    retry_jitter_ms: f64,
-    wait_timeout_ms: f64,
     auto_extend: bool,
     watch: bool,
+    wait: Option<WaitSettings>,
 ) -> Result<AcquireOptions> {
+    let (retry, replicas) = match wait {
+        None => (RetryPolicy::ONCE, None),
+        Some(wait) => (
+            RetryPolicy {
+                retry_count: retry_count_of(wait.retry_count)?,
+                retry_delay: ms_of("retryDelay", wait.retry_delay_ms)?,
+                retry_jitter: ms_of("retryJitter", wait.retry_jitter_ms)?,
+                wait_timeout: wait
+                    .wait_timeout_ms
+                    .map(|ms| ms_of("waitTimeout", ms))
+                    .transpose()?,
+            },
+            match wait.replicas {
+                None | Some(0) => None,
+                Some(count) => Some(ReplicaAck {
+                    count,
+                    timeout: Duration::from_millis(u64::from(
+                        wait.replicas_timeout_ms.unwrap_or(1000),
+                    )),
+                }),
+            },
+        ),
+    };
     Ok(AcquireOptions {
         ttl: ttl(ttl_ms)?,
-        retry: RetryPolicy {
-            retry_count: retry_count_of(retry_count)?,
-            retry_delay: ms_of("retryDelay", retry_delay_ms)?,
-            retry_jitter: ms_of("retryJitter", retry_jitter_ms)?,
-            wait_timeout: if wait_timeout_ms < 0.0 {
-                None
-            } else {
-                Some(ms_of("waitTimeout", wait_timeout_ms)?)
-            },
-        },
+        retry,
         auto_extend,
         watch,
-        replicas: None,
+        replicas,
     })
 }
 

@@ -7,7 +7,8 @@ use std::time::Duration;
 use napi::Result;
 use napi_derive::napi;
 use sdl_engine::{
-    DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, ServerAddress, ServerConfig, TlsOptions,
+    DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRIFT_FACTOR, SentinelConfig,
+    ServerAddress, ServerConfig, TlsOptions, Topology,
 };
 
 use crate::errors::invalid_arg;
@@ -28,6 +29,76 @@ pub struct TlsSettings {
 pub struct LockerSettings {
     /// Keep a fencing counter per resource (default `true`).
     pub fencing: Option<bool>,
+    /// Share of the ttl set aside for clock drift (default 0.01).
+    pub drift_factor: Option<f64>,
+}
+
+impl LockerSettings {
+    pub(crate) fn drift_factor(&self) -> Result<f64> {
+        match self.drift_factor {
+            None => Ok(DEFAULT_DRIFT_FACTOR),
+            Some(f) if f.is_finite() && (0.0..0.5).contains(&f) => Ok(f),
+            Some(_) => Err(invalid_arg(
+                "driftFactor",
+                "must be a number from 0 to below 0.5",
+            )),
+        }
+    }
+}
+
+/// The deployment, as the facade resolved it.
+#[napi(object)]
+pub struct TopologySettings {
+    /// `single`, `sentinel`, `cluster` or `redlock`.
+    pub kind: String,
+    /// The server (`single`), the sentinels, the cluster's startup nodes, or the masters.
+    pub servers: Vec<ConnectionSettings>,
+    /// `sentinel`: the monitored master's name.
+    pub master_name: Option<String>,
+    /// `sentinel`: how to talk to the master once found (credentials, db, TLS, timeouts).
+    pub master: Option<ConnectionSettings>,
+}
+
+impl TopologySettings {
+    pub(crate) fn into_topology(self) -> Result<Topology> {
+        let mut servers = self
+            .servers
+            .into_iter()
+            .map(ConnectionSettings::into_config)
+            .collect::<Result<Vec<_>>>()?;
+        match self.kind.as_str() {
+            "single" if servers.len() == 1 => Ok(Topology::Single(servers.remove(0))),
+            "cluster" if !servers.is_empty() => Ok(Topology::Cluster(servers)),
+            "redlock" if servers.len() >= 2 => Ok(Topology::Redlock(servers)),
+            "sentinel" if !servers.is_empty() => Ok(Topology::Sentinel(SentinelConfig {
+                sentinels: servers,
+                master_name: self
+                    .master_name
+                    .ok_or_else(|| invalid_arg("name", "must name the Sentinel master"))?,
+                master: self
+                    .master
+                    .ok_or_else(|| invalid_arg("master", "must describe the Sentinel master"))?
+                    .into_config()?,
+            })),
+            _ => Err(invalid_arg(
+                "redis",
+                "does not describe a supported deployment",
+            )),
+        }
+    }
+}
+
+/// How an acquire waits; absent for v1's default single attempt (the fast path).
+#[napi(object)]
+pub struct WaitSettings {
+    /// Retries after the first attempt; `Infinity` for no limit.
+    pub retry_count: f64,
+    pub retry_delay_ms: f64,
+    pub retry_jitter_ms: f64,
+    pub wait_timeout_ms: Option<f64>,
+    /// Replicas that must acknowledge the lock's write (WAIT), and how long to wait for them.
+    pub replicas: Option<u32>,
+    pub replicas_timeout_ms: Option<u32>,
 }
 
 #[napi(object)]

@@ -7,16 +7,14 @@ export declare class NativeLocker {
    * Creates the locker; connects lazily on the first operation. `onLost` receives
    * `[key, token, reason, message, autoExtended]` once for each tracked lease that is lost.
    */
-  constructor(settings: ConnectionSettings, options: LockerSettings, onLost: (lost: [key: string, token: string, reason: 'not-owner' | 'unreachable' | 'expired', message: string, autoExtended: boolean]) => void)
+  constructor(topology: TopologySettings, options: LockerSettings, onLost: (lost: [key: string, token: string, reason: 'not-owner' | 'unreachable' | 'expired', message: string, autoExtended: boolean]) => void)
   /**
-   * Takes the lock, waiting as asked. Resolves to the token, or `null`.
-   *
-   * `retryCount` may be `Infinity`; `waitTimeoutMs` < 0 means no limit; `cancelId` 0 means
-   * not cancellable, else `cancel(cancelId)` stops the wait.
+   * Takes the lock. Resolves to the token, or `null`. `wait` is absent for a single attempt;
+   * `cancelId` 0 means not cancellable, else `cancel(cancelId)` stops the wait.
    */
-  acquire(key: string, ttlMs: number, retryCount: number, retryDelayMs: number, retryJitterMs: number, waitTimeoutMs: number, autoExtend: boolean, cancelId: number): Promise<string | null>
+  acquire(key: string, ttlMs: number, autoExtend: boolean, wait: WaitSettings | undefined | null, cancelId: number): Promise<string | null>
   /** Like `acquire`, and watches the lease so its loss is reported; resolves to a grant. */
-  acquireLease(key: string, ttlMs: number, retryCount: number, retryDelayMs: number, retryJitterMs: number, waitTimeoutMs: number, autoExtend: boolean, cancelId: number): Promise<LeaseGrant | null>
+  acquireLease(key: string, ttlMs: number, autoExtend: boolean, wait: WaitSettings | undefined | null, cancelId: number): Promise<LeaseGrant | null>
   /** Stops the waiting acquire registered under `cancelId`, if it still waits. */
   cancel(cancelId: number): void
   /**
@@ -64,6 +62,8 @@ export interface LeaseGrant {
 export interface LockerSettings {
   /** Keep a fencing counter per resource (default `true`). */
   fencing?: boolean
+  /** Share of the ttl set aside for clock drift (default 0.01). */
+  driftFactor?: number
 }
 
 export interface TlsSettings {
@@ -74,4 +74,28 @@ export interface TlsSettings {
   key?: string
   /** `false` accepts any server certificate. Default `true`. */
   rejectUnauthorized?: boolean
+}
+
+/** The deployment, as the facade resolved it. */
+export interface TopologySettings {
+  /** `single`, `sentinel`, `cluster` or `redlock`. */
+  kind: string
+  /** The server (`single`), the sentinels, the cluster's startup nodes, or the masters. */
+  servers: Array<ConnectionSettings>
+  /** `sentinel`: the monitored master's name. */
+  masterName?: string
+  /** `sentinel`: how to talk to the master once found (credentials, db, TLS, timeouts). */
+  master?: ConnectionSettings
+}
+
+/** How an acquire waits; absent for v1's default single attempt (the fast path). */
+export interface WaitSettings {
+  /** Retries after the first attempt; `Infinity` for no limit. */
+  retryCount: number
+  retryDelayMs: number
+  retryJitterMs: number
+  waitTimeoutMs?: number
+  /** Replicas that must acknowledge the lock's write (WAIT), and how long to wait for them. */
+  replicas?: number
+  replicasTimeoutMs?: number
 }

@@ -46,9 +46,12 @@ pub struct LostLease {
 
 pub type LostCallback = Arc<dyn Fn(LostLease) + Send + Sync>;
 
-/// Clock-drift allowance subtracted from a lease's validity (Redlock's: 1% of the ttl + 2 ms).
-pub fn safety_margin(ttl: Duration) -> Duration {
-    ttl / 100 + Duration::from_millis(2)
+/// The default share of a ttl set aside for clock drift (Redlock's 1%).
+pub const DEFAULT_DRIFT_FACTOR: f64 = 0.01;
+
+/// Clock-drift allowance subtracted from a lease's validity: `ttl * drift_factor + 2 ms`.
+pub fn safety_margin(ttl: Duration, drift_factor: f64) -> Duration {
+    ttl.mul_f64(drift_factor) + Duration::from_millis(2)
 }
 
 struct HeldLease {
@@ -62,19 +65,21 @@ struct HeldLease {
     schedule: u64,
     extending: bool,
     last_error: Option<EngineError>,
-}
-
-/// The deadline of a lock whose TTL runs out no earlier than `valid_until`.
-pub(crate) fn deadline_at(valid_until: Instant, ttl: Duration) -> Instant {
-    valid_until
-        .checked_sub(safety_margin(ttl).min(ttl))
-        .unwrap_or(valid_until)
+    /// Fixed at `track`, from the Locker's drift factor.
+    margin_factor: f64,
 }
 
 impl HeldLease {
     fn deadline(&self) -> Instant {
-        deadline_at(self.valid_until, self.ttl)
+        deadline_at(self.valid_until, self.ttl, self.margin_factor)
     }
+}
+
+/// The deadline of a lock whose TTL runs out no earlier than `valid_until`.
+pub(crate) fn deadline_at(valid_until: Instant, ttl: Duration, drift_factor: f64) -> Instant {
+    valid_until
+        .checked_sub(safety_margin(ttl, drift_factor).min(ttl))
+        .unwrap_or(valid_until)
 }
 
 #[derive(Default)]
@@ -96,6 +101,7 @@ struct Shared {
     backend: Arc<Backend>,
     cancel: CancellationToken,
     on_lost: Option<LostCallback>,
+    drift_factor: f64,
 }
 
 /// How soon a failed extend is tried again.
@@ -110,9 +116,11 @@ impl Leases {
         backend: Arc<Backend>,
         cancel: CancellationToken,
         on_lost: Option<LostCallback>,
+        drift_factor: f64,
     ) -> Self {
         Self {
             shared: Arc::new(Shared {
+                drift_factor,
                 state: Mutex::new(State::default()),
                 wake: Notify::new(),
                 backend,
@@ -141,6 +149,7 @@ impl Leases {
             schedule: 0,
             extending: false,
             last_error: None,
+            margin_factor: self.shared.drift_factor,
         };
         let due = match interval {
             Some(interval) => sent_at + interval,

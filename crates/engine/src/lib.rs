@@ -25,7 +25,7 @@ pub use config::{
     DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, ServerAddress, ServerConfig, TlsOptions,
 };
 pub use error::{EngineError, EngineResult, ErrorKind};
-pub use leases::{LostCallback, LostLease, LostReason, safety_margin};
+pub use leases::{DEFAULT_DRIFT_FACTOR, LostCallback, LostLease, LostReason, safety_margin};
 pub use locker::{AcquireOptions, Acquired, Locker, LockerOptions, RetryPolicy};
 pub use sentinel::SentinelConfig;
 /// Cancels a waiting `acquire` (the binding wires an `AbortSignal` to one).

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::{Backend, ReplicaAck, Topology};
 use crate::error::{EngineError, EngineResult};
 use crate::keys;
-use crate::leases::{Leases, LostCallback, deadline_at};
+use crate::leases::{DEFAULT_DRIFT_FACTOR, Leases, LostCallback, deadline_at};
 use crate::token::new_token;
 use crate::waiters::{WaitGuard, Waiters};
 
@@ -73,6 +73,9 @@ pub struct LockerOptions {
     pub fencing: bool,
     /// Called once for each tracked lease that is lost (never for a released one).
     pub on_lost: Option<LostCallback>,
+    /// Share of the ttl set aside for clock drift: a lease's deadline is its send time + ttl -
+    /// (ttl * drift_factor + 2 ms). Redlock's validity time uses the same margin.
+    pub drift_factor: f64,
 }
 
 impl Default for LockerOptions {
@@ -80,6 +83,7 @@ impl Default for LockerOptions {
         Self {
             fencing: true,
             on_lost: None,
+            drift_factor: DEFAULT_DRIFT_FACTOR,
         }
     }
 }
@@ -92,6 +96,7 @@ pub struct Locker {
     leases: Leases,
     waiters: OnceLock<Waiters>,
     fencing: bool,
+    drift_factor: f64,
     closed: CancellationToken,
 }
 
@@ -100,7 +105,13 @@ impl Locker {
         let backend = Arc::new(Backend::new(topology.into())?);
         let closed = CancellationToken::new();
         Ok(Self {
-            leases: Leases::new(backend.clone(), closed.clone(), options.on_lost),
+            leases: Leases::new(
+                backend.clone(),
+                closed.clone(),
+                options.on_lost,
+                options.drift_factor,
+            ),
+            drift_factor: options.drift_factor,
             backend,
             waiters: OnceLock::new(),
             fencing: options.fencing,
@@ -141,7 +152,7 @@ impl Locker {
                 return Err(EngineError::cancelled());
             }
             let sent_at = Instant::now();
-            let valid_until = deadline_at(sent_at + options.ttl, options.ttl);
+            let valid_until = deadline_at(sent_at + options.ttl, options.ttl, self.drift_factor);
             let granted = self
                 .backend
                 .try_acquire(

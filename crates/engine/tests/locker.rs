@@ -600,7 +600,8 @@ async fn a_watched_lease_is_lost_at_its_deadline_and_extend_moves_it() {
         .unwrap();
     let first_deadline = locker.deadline(&acquired.token).unwrap();
     assert_eq!(first_deadline, acquired.deadline);
-    let margin = sdl_engine::safety_margin(Duration::from_millis(400));
+    let margin =
+        sdl_engine::safety_margin(Duration::from_millis(400), sdl_engine::DEFAULT_DRIFT_FACTOR);
     assert_eq!(margin, Duration::from_millis(6));
 
     tokio::time::sleep(Duration::from_millis(200)).await;
