@@ -62,6 +62,14 @@ impl RedisServer {
         ServerConfig::tcp("127.0.0.1", self.port)
     }
 
+    /// The server's process id (to stop and continue it).
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .map(Child::id)
+            .expect("the server is running")
+    }
+
     /// Kills the server (SIGKILL): its data is gone, like a crash without persistence.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
