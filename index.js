@@ -15,6 +15,8 @@ module.exports = {
   LockClosedError: errors.LockClosedError,
   LockConfigError: errors.LockConfigError,
   LockUnsupportedError: errors.LockUnsupportedError,
+  LockQuorumError: errors.LockQuorumError,
+  LockReplicationError: errors.LockReplicationError,
   LockAcquireError: errors.LockAcquireError,
   LockLostError: errors.LockLostError,
 };

@@ -11,6 +11,8 @@ export const {
   LockClosedError,
   LockConfigError,
   LockUnsupportedError,
+  LockQuorumError,
+  LockReplicationError,
   LockAcquireError,
   LockLostError,
 } = lib;

@@ -68,12 +68,30 @@ class LockConfigError extends LockError {
   }
 }
 
-/** A deployment this version cannot drive yet (ioredis Cluster, Sentinel). */
+/** Something the deployment cannot do (e.g. replica acknowledgement on a cluster). */
 class LockUnsupportedError extends LockError {
   /** @param {string} message @param {ErrorOptions} [options] */
   constructor(message, options) {
     super(message, options);
     this.code = 'ERR_LOCK_UNSUPPORTED';
+  }
+}
+
+/** Redlock: too many masters failed for a majority either way. The message names them. */
+class LockQuorumError extends LockError {
+  /** @param {string} message @param {ErrorOptions} [options] */
+  constructor(message, options) {
+    super(message, options);
+    this.code = 'ERR_LOCK_QUORUM';
+  }
+}
+
+/** Too few replicas acknowledged the lock in time (`replicas` option); it was released. */
+class LockReplicationError extends LockError {
+  /** @param {string} message @param {ErrorOptions} [options] */
+  constructor(message, options) {
+    super(message, options);
+    this.code = 'ERR_LOCK_REPLICATION';
   }
 }
 
@@ -120,6 +138,9 @@ const BY_CODE = {
   ERR_LOCK_REDIS: LockRedisError,
   ERR_LOCK_CLOSED: LockClosedError,
   ERR_LOCK_CONFIG: LockConfigError,
+  ERR_LOCK_UNSUPPORTED: LockUnsupportedError,
+  ERR_LOCK_QUORUM: LockQuorumError,
+  ERR_LOCK_REPLICATION: LockReplicationError,
 };
 
 const NATIVE_MESSAGE = /^(ERR_LOCK_[A-Z_]+): ([\s\S]*)$/;
@@ -157,6 +178,8 @@ module.exports = {
   LockClosedError,
   LockConfigError,
   LockUnsupportedError,
+  LockQuorumError,
+  LockReplicationError,
   LockAcquireError,
   LockLostError,
   fromNative,

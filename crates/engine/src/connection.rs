@@ -1,7 +1,7 @@
 //! One lazily opened, self-healing multiplexed connection to one Redis server: a fixed address,
 //! or the master that Sentinel names at each (re)connection.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -11,7 +11,7 @@ use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, ScriptInvocation};
 use crate::config::ServerConfig;
 use crate::error::{EngineError, EngineResult, ErrorKind};
 use crate::lazy::Lazy;
-use crate::sentinel::{SentinelConfig, ensure_master};
+use crate::sentinel::{SentinelConfig, ensure_master, watch_switches};
 
 /// Where the connection goes.
 #[derive(Clone)]
@@ -25,7 +25,9 @@ pub(crate) struct Connection {
     connect_timeout: Duration,
     command_timeout: Duration,
     locator: Locator,
-    lazy: Lazy<MultiplexedConnection>,
+    lazy: Arc<Lazy<MultiplexedConnection>>,
+    /// Sentinel mode: the listener for failover announcements, started on first use.
+    switch_watcher: OnceLock<()>,
 }
 
 impl Connection {
@@ -72,7 +74,8 @@ impl Connection {
             connect_timeout,
             command_timeout: config.command_timeout,
             locator,
-            lazy: Lazy::new(connect),
+            lazy: Arc::new(Lazy::new(connect)),
+            switch_watcher: OnceLock::new(),
         }
     }
 
@@ -90,9 +93,28 @@ impl Connection {
         Ok(client_for(&self.locator, &self.target).await?.0)
     }
 
+    /// The current connection, opened if needed.
+    async fn current(&self) -> EngineResult<(u64, MultiplexedConnection)> {
+        if let Locator::Sentinel(sentinel) = &self.locator {
+            self.switch_watcher.get_or_init(|| {
+                let lazy = Arc::downgrade(&self.lazy);
+                tokio::spawn(watch_switches(sentinel.clone(), move |switched| {
+                    let Some(lazy) = lazy.upgrade().filter(|l| !l.is_closed()) else {
+                        return false;
+                    };
+                    if switched {
+                        lazy.replace_current();
+                    }
+                    true
+                }));
+            });
+        }
+        self.lazy.get().await
+    }
+
     /// Runs one command; a broken or silent connection is replaced for the next call.
     pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> EngineResult<T> {
-        let (generation, mut conn) = self.lazy.get().await?;
+        let (generation, mut conn) = self.current().await?;
         let result = cmd.query_async(&mut conn).await;
         self.settle(generation, result)
     }
@@ -102,7 +124,7 @@ impl Connection {
         &self,
         invocation: &ScriptInvocation<'_>,
     ) -> EngineResult<T> {
-        let (generation, mut conn) = self.lazy.get().await?;
+        let (generation, mut conn) = self.current().await?;
         let result = invocation.invoke_async(&mut conn).await;
         self.settle(generation, result)
     }

@@ -100,6 +100,18 @@ impl<C: Clone + Send + Sync + 'static> Lazy<C> {
         }
     }
 
+    /// Replaces whatever connection is current (a failover was announced).
+    pub(crate) fn replace_current(&self) {
+        let mut state = self.lock();
+        if matches!(state.slot, Slot::Ready { .. }) {
+            let _ = self.start(&mut state);
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        matches!(self.lock().slot, Slot::Closed)
+    }
+
     /// Drops the connection for good; later calls fail with a closed error.
     pub(crate) fn close(&self) {
         self.lock().slot = Slot::Closed;

@@ -1,10 +1,16 @@
 //! Finding the current master through Redis Sentinel.
 //!
-//! Asked at every (re)connection, so the engine follows failovers: after one, the old master's
-//! connection breaks or answers READONLY, the engine drops it, and the next connection goes to
-//! whichever master the sentinels name now (checked with ROLE before use).
+//! Asked at every (re)connection, so the engine follows failovers. A failover is noticed in two
+//! ways: the sentinels announce it (`+switch-master`, which the engine listens to on one
+//! sentinel), and the old master's connection breaks or answers READONLY once it is demoted.
+//! Either way the engine drops the connection, and the next one goes to whichever master the
+//! sentinels name now (checked with ROLE before use). Listening matters: a demoted master keeps
+//! accepting writes for a while after the failover, and those writes are lost.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use futures_util::StreamExt;
 
 use crate::config::{ServerAddress, ServerConfig};
 use crate::error::{EngineError, EngineResult, ErrorKind};
@@ -91,5 +97,49 @@ pub(crate) async fn ensure_master(
             ErrorKind::Connection,
             format!("{target} is not a master (a failover may be in progress)"),
         )),
+    }
+}
+
+/// Calls `on_switch(true)` whenever a sentinel announces a new master for this name, and after
+/// each re-subscription (an announcement may have been missed meanwhile); `on_switch(false)`
+/// only asks whether to go on. Runs until `on_switch` returns `false`. Rotates through the
+/// sentinels when one fails.
+pub(crate) async fn watch_switches(config: Arc<SentinelConfig>, on_switch: impl Fn(bool) -> bool) {
+    let mut attempt = 0usize;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let sentinel = &config.sentinels[attempt % config.sentinels.len()];
+        let subscribed = async {
+            let mut pubsub = sentinel.client()?.get_async_pubsub().await.map_err(|e| {
+                EngineError::from_redis(&e, &sentinel.target(), sentinel.connect_timeout)
+            })?;
+            pubsub.subscribe("+switch-master").await.map_err(|e| {
+                EngineError::from_redis(&e, &sentinel.target(), sentinel.command_timeout)
+            })?;
+            Ok::<_, EngineError>(pubsub)
+        };
+        let limit = sentinel.connect_timeout + sentinel.command_timeout;
+        if let Ok(Ok(mut pubsub)) = tokio::time::timeout(limit, subscribed).await {
+            backoff = Duration::from_millis(100);
+            if !on_switch(attempt > 0) {
+                return;
+            }
+            let mut messages = pubsub.on_message();
+            while let Some(message) = messages.next().await {
+                // "<name> <old ip> <old port> <new ip> <new port>"
+                let payload: String = message.get_payload().unwrap_or_default();
+                if payload.split(' ').next() == Some(config.master_name.as_str())
+                    && !on_switch(true)
+                {
+                    return;
+                }
+            }
+        }
+        attempt += 1;
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+        if !on_switch(false) {
+            return;
+        }
     }
 }

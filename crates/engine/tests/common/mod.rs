@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod topology;
+
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
