@@ -100,10 +100,11 @@ impl<C: Clone + Send + Sync + 'static> Lazy<C> {
         }
     }
 
-    /// Replaces whatever connection is current (a failover was announced).
+    /// Replaces whatever connection is current or being opened (a failover was announced:
+    /// an attempt under way may have asked for the old master).
     pub(crate) fn replace_current(&self) {
         let mut state = self.lock();
-        if matches!(state.slot, Slot::Ready { .. }) {
+        if matches!(state.slot, Slot::Ready { .. } | Slot::Connecting { .. }) {
             let _ = self.start(&mut state);
         }
     }

@@ -1,0 +1,175 @@
+// @ts-check
+// Redis Cluster (an ioredis Cluster handed in) and Sentinel through the public API, on real
+// topologies the tests start: exclusion across processes, many slots, failovers while locks are
+// in use. Correctness with generous bounds.
+
+import './helpers/tripwire.mjs';
+import { test, describe, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { Cluster } from 'ioredis';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Lock, LockError } from 'simple-distributed-lock';
+import { RedisServer } from './helpers/redis-server.mjs';
+import { startCluster, startSentinelGroup } from './helpers/topology.mjs';
+import { runWorkers } from './helpers/workers.mjs';
+
+describe('Redis Cluster', () => {
+  /** @type {import('./helpers/topology.mjs').ClusterTopology} */
+  let cluster;
+  /** @type {RedisServer} */
+  let counterServer;
+
+  before(async () => {
+    cluster = await startCluster({ masters: 3, replicasPerMaster: 1 });
+    counterServer = await RedisServer.start();
+  });
+  after(async () => {
+    await cluster?.stop();
+    await counterServer?.stop();
+  });
+
+  test('4 processes with an ioredis Cluster each keep a shared counter exact', async () => {
+    await runWorkers(
+      'counter-worker.mjs',
+      Array.from({ length: 4 }, () => ({
+        impl: 'v2',
+        port: counterServer.port,
+        resource: 'cluster-counter',
+        iterations: 25,
+        prefix: 'cluster:',
+        clusterNodes: cluster.startupNodes,
+      })),
+    );
+    const raw = counterServer.client();
+    assert.equal(Number((await raw.get('cluster:violations')) ?? 0), 0);
+    assert.equal(Number(await raw.get('cluster:counter')), 100);
+  });
+
+  test('resources spread over many slots on every master; keyPrefix and fences per slot', async () => {
+    const ioredis = new Cluster(cluster.startupNodes, { lazyConnect: true, keyPrefix: 'app:' });
+    const lock = new Lock(ioredis);
+    ioredis.disconnect(); // the Lock only read its options
+    const check = cluster.ioredisCluster();
+    const resources = Array.from({ length: 60 }, (_, i) => (i % 5 === 0 ? `{tenant${i}}:job` : `order:${i}`));
+    /** @type {Set<number>} */
+    const masters = new Set();
+    for (const resource of resources) {
+      const lease = await lock.acquireLease(resource, { ttl: 5000 });
+      assert.ok(lease, resource);
+      assert.equal(lease.fence, 1);
+      assert.equal(await check.get(`app:lock:${resource}`), lease.token);
+      masters.add(await cluster.masterForKey(`app:lock:${resource}`));
+      assert.equal(await lock.acquire(resource), null);
+      assert.equal(await lease.release(), true);
+    }
+    assert.equal(masters.size, 3);
+    await lock.close();
+  });
+
+  test('a master killed and its replica promoted: locks keep working, no call hangs', async () => {
+    const lock = new Lock({ cluster: cluster.startupNodes.map((n) => `redis://${n.host}:${n.port}`) });
+    const resource = 'failover-resource';
+    const key = `lock:${resource}`;
+    const victim = await cluster.masterForKey(key);
+    const replica = cluster.nodes.find((n) => n.masterPort === victim);
+    assert.ok(replica);
+    await cluster.killMaster(victim);
+
+    /** @type {Array<{ ms: number, outcome: string }>} */
+    const calls = [];
+    let failedOver = false;
+    const failover = cluster.waitForFailover(victim, 20000).then(() => (failedOver = true));
+    while (!failedOver) {
+      const started = Date.now();
+      const outcome = await lock.acquire(resource, { ttl: 2000 }).then(
+        async (token) => (token ? ((await lock.release(resource, token)) ? 'acquired' : 'lost') : 'held'),
+        (err) => {
+          assert.ok(err instanceof LockError, `a clear LockError, got ${err}`);
+          return err.code;
+        },
+      );
+      calls.push({ ms: Date.now() - started, outcome });
+      await sleep(100);
+    }
+    await failover;
+    for (const call of calls) assert.ok(call.ms < 8000, `a call took ${call.ms} ms (${call.outcome})`);
+    // After the failover the promoted replica serves the slot.
+    let token = null;
+    for (let i = 0; i < 50 && !token; i++) {
+      token = await lock.acquire(resource, { ttl: 5000 }).catch(() => null);
+      if (!token) await sleep(100);
+    }
+    assert.ok(token, 'locks work again after the failover');
+    assert.equal(await lock.release(resource, token), true);
+    await lock.close();
+  });
+});
+
+describe('Sentinel', () => {
+  /** @type {import('./helpers/topology.mjs').SentinelGroup} */
+  let group;
+
+  before(async () => {
+    group = await startSentinelGroup({ sentinels: 1, replicas: 1 });
+  });
+  after(async () => {
+    await group?.stop();
+  });
+
+  test('a forced failover while locks are in use: the Lock follows the new master', async () => {
+    const ioredis = group.ioredisSentinel({ lazyConnect: true });
+    const lock = new Lock(ioredis, { ttl: 5000 });
+    /** @type {import('ioredis').Redis | undefined} */
+    let direct;
+    try {
+      const oldMaster = await group.currentMaster();
+
+      // Replica acknowledgement: the lock is on the replica before the failover can happen.
+      const held = await lock.acquireLease('sentinel-held', { replicas: { count: 1, timeout: 2000 }, autoExtend: true });
+      assert.ok(held);
+
+      let running = true;
+      let sections = 0;
+      /** @type {string[]} */
+      const errors = [];
+      const worker = (async () => {
+        while (running) {
+          await lock
+            .using('sentinel-busy', async () => void sections++, { retryCount: 20, retryDelay: 50 })
+            .catch((err) => errors.push(err.code));
+          await sleep(20);
+        }
+      })();
+      await sleep(200);
+      const newMaster = await group.failover(20000);
+      assert.notEqual(newMaster, oldMaster);
+      await sleep(1500);
+      running = false;
+      await worker;
+      assert.ok(sections > 0);
+      for (const code of errors) assert.match(code, /^ERR_LOCK_(CONNECTION|TIMEOUT|REDIS)$/);
+
+      // New acquisitions land on the new master, and the replicated lock survived there.
+      const after = await lock.acquire('sentinel-after');
+      assert.ok(after);
+      direct = new RedisServer(newMaster, []).client();
+      assert.equal(await direct.get('lock:sentinel-after'), after);
+      assert.equal(await direct.get('lock:sentinel-held'), held.token);
+      assert.equal(held.signal.aborted, false, 'the auto-extended lease was kept across the failover');
+      assert.equal(await held.release(), true);
+    } finally {
+      direct?.disconnect();
+      ioredis.disconnect();
+      await lock.close();
+    }
+  });
+
+  test('a redis+sentinel:// URL', async () => {
+    const [sentinel] = group.sentinels;
+    const lock = new Lock(`redis+sentinel://${sentinel.host}:${sentinel.port}/${group.masterName}`);
+    const token = await lock.acquire('sentinel-url');
+    assert.ok(token);
+    assert.equal(await lock.release('sentinel-url', token), true);
+    await lock.close();
+  });
+});
