@@ -29,6 +29,12 @@ export interface LockOptions {
    * for unbounded resource names if you do not use fences.
    */
   fencing?: boolean;
+  /**
+   * v2: share of the ttl set aside for clock drift (default: 0.01). A lease's deadline is its
+   * send time + ttl − (ttl × driftFactor + 2 ms); for Redlock it is also the validity time in
+   * which a majority must be reached.
+   */
+  driftFactor?: number;
 }
 
 /** What `onLockLost` receives. */
@@ -66,6 +72,12 @@ export interface AcquireOptions {
   waitTimeout?: number;
   /** v2: reject with `signal.reason` when it aborts while waiting (a lock granted meanwhile is released). */
   signal?: AbortSignal;
+  /**
+   * v2, single master or Sentinel: after the SET, wait (WAIT) until `count` replicas acknowledged
+   * it, at most `timeout` ms (default 1000). Fewer acknowledgements release the lock and reject
+   * with `LockReplicationError`.
+   */
+  replicas?: { count: number; timeout?: number };
 }
 
 /** v2: a held lock. `await using lease = await lock.acquireLease(...)` releases it at scope end. */
@@ -130,14 +142,49 @@ export interface RedisInstanceLike {
   readonly options: object;
 }
 
-/** What `new Lock()` accepts: an ioredis instance, a `redis://`/`rediss://`/`unix://` URL, or options. */
-export type RedisConnection = RedisInstanceLike | string | RedisConnectionOptions;
+/** A cluster startup node or a sentinel, as ioredis takes them: a port, "host:port", a URL or `{ host, port }`. */
+export type RedisNodeAddress = number | string | { host?: string; port?: number };
+
+/** v2: a Redis Cluster from its startup nodes; the other fields apply to every node. */
+export interface RedisClusterOptions extends Omit<RedisConnectionOptions, 'host' | 'port' | 'path' | 'db'> {
+  cluster: RedisNodeAddress[];
+}
+
+/** v2: the master a group of sentinels names, as ioredis's Sentinel options describe it. */
+export interface RedisSentinelOptions extends Omit<RedisConnectionOptions, 'host' | 'port' | 'path'> {
+  sentinels: RedisNodeAddress[];
+  /** The monitored master's name. */
+  name: string;
+  sentinelUsername?: string;
+  sentinelPassword?: string;
+  sentinelTLS?: boolean | TlsConnectionOptions;
+  enableTLSForSentinelMode?: boolean;
+}
+
+/** One server of a Redlock group: an ioredis instance, a URL or options. */
+export type RedlockMaster = RedisInstanceLike | string | RedisConnectionOptions;
+
+/**
+ * What `new Lock()` accepts:
+ * - one server: an ioredis instance, a `redis://` / `rediss://` / `unix://` URL, or options;
+ * - v2: an ioredis `Cluster`, or `{ cluster: [...] }`;
+ * - v2: a Sentinel-backed ioredis instance, `{ sentinels, name }`, or a
+ *   `redis+sentinel://host:26379,host2:26379/mymaster[/db]` URL;
+ * - v2: an array of independent masters, for Redlock.
+ */
+export type RedisConnection =
+  | RedisInstanceLike
+  | string
+  | RedisConnectionOptions
+  | RedisClusterOptions
+  | RedisSentinelOptions
+  | RedlockMaster[];
 
 export declare class Lock {
   /**
    * Create a Lock. Does no I/O: the engine connects on the first call.
    * @throws {TypeError | RangeError} bad arguments
-   * @throws {LockUnsupportedError} an ioredis Cluster or Sentinel instance (not supported yet)
+   * @throws {LockUnsupportedError} a Redlock master that is itself a cluster or Sentinel group
    */
   constructor(redis: RedisConnection, options?: LockOptions);
 
@@ -210,8 +257,12 @@ export declare class LockRedisError extends LockError {}
 export declare class LockClosedError extends LockError {}
 /** Connection settings that cannot work (bad TLS material). `code`: `ERR_LOCK_CONFIG`. */
 export declare class LockConfigError extends LockError {}
-/** A deployment not supported yet (Cluster, Sentinel, several servers). `code`: `ERR_LOCK_UNSUPPORTED`. */
+/** Something the deployment cannot do (e.g. `replicas` on a cluster or Redlock). `code`: `ERR_LOCK_UNSUPPORTED`. */
 export declare class LockUnsupportedError extends LockError {}
+/** Redlock: too many masters failed to reach a majority either way; the message names them. `code`: `ERR_LOCK_QUORUM`. */
+export declare class LockQuorumError extends LockError {}
+/** Too few replicas acknowledged the lock in time; it was released. `code`: `ERR_LOCK_REPLICATION`. */
+export declare class LockReplicationError extends LockError {}
 /** `using()` could not acquire the lock. `code`: `ERR_LOCK_NOT_ACQUIRED`. */
 export declare class LockAcquireError extends LockError {
   readonly resource: string;

@@ -160,7 +160,7 @@ test('constructor: deployment descriptions that cannot work are refused', async 
   });
   assert.throws(() => new Lock({ cluster: [] }), { name: 'TypeError', message: /at least one startup node/ });
   assert.throws(() => new Lock({ cluster: ['127.0.0.1:7000'], db: 2 }), { name: 'TypeError', message: /^redis\.db: Redis Cluster has only database 0/ });
-  assert.throws(() => new Lock({ sentinels: [{ host: '127.0.0.1', port: 26379 }] }), { name: 'TypeError', message: /^redis\.name must be the Sentinel master's name/ });
+  assert.throws(() => new Lock(bad({ sentinels: [{ host: '127.0.0.1', port: 26379 }] })), { name: 'TypeError', message: /^redis\.name must be the Sentinel master's name/ });
   assert.throws(() => new Lock('redis+sentinel://:pw@/mymaster'), (err) => {
     assert.ok(err instanceof TypeError);
     assert.ok(!err.message.includes('pw'), err.message);
