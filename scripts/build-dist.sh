@@ -17,6 +17,8 @@ case "$target" in
   *-linux-gnu)
     scripts/fetch-cross-toolchain.sh "$target"
     flags+=(--use-napi-cross)
+    # That toolchain's gcc 4.8 does not define __ARM_ARCH, which ring's arm64 assembly needs.
+    if [[ $target == aarch64-* ]]; then export TARGET_CFLAGS="${TARGET_CFLAGS:-} -D__ARM_ARCH=8"; fi
     ;;
   *-linux-musl)
     command -v musl-gcc >/dev/null || { echo "musl-gcc not found: install musl-tools" >&2; exit 1; }
