@@ -32,6 +32,12 @@ export function loadAs(packageDir, as) {
   return { status: result.status, stderr: result.stderr };
 }
 
+/** A supported platform other than this machine's, whose engine is therefore not installed here. */
+export function otherLinuxGnu() {
+  const arch = process.platform === 'linux' && process.arch === 'arm64' ? 'x64' : 'arm64';
+  return { platform: 'linux', arch, libc: /** @type {const} */ ('glibc'), name: `linux-${arch}-gnu` };
+}
+
 /**
  * The message of the uncaught loader error in node's report of it, after checking its code.
  * @param {string} stderr

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { readNapiConfig } from '@napi-rs/cli';
-import { loadAs, thrownMessage } from './load-as.mjs';
+import { loadAs, otherLinuxGnu, thrownMessage } from './load-as.mjs';
 
 const repo = fileURLToPath(new URL('../..', import.meta.url));
 const work = mkdtempSync(join(tmpdir(), 'sdl-native-missing-'));
@@ -56,17 +56,22 @@ test('a supported platform whose package was not installed: names the package, s
 });
 
 test('an installed platform package that fails to load: names it and says why', () => {
-  const packageDir = join(work, 'node_modules', 'simple-distributed-lock-linux-arm64-gnu');
+  const other = otherLinuxGnu();
+  const packageDir = join(work, 'node_modules', `simple-distributed-lock-${other.name}`);
   mkdirSync(packageDir, { recursive: true });
   writeFileSync(join(packageDir, 'package.json'), JSON.stringify({ main: 'engine.node' }));
   writeFileSync(join(packageDir, 'engine.node'), 'not a shared library');
-  const nodePath = join(work, 'node_modules');
-  const { status, stderr } = loadAs(repo, { platform: 'linux', arch: 'arm64', libc: 'glibc', nodePath });
+  const { status, stderr } = loadAs(repo, { ...other, nodePath: join(work, 'node_modules') });
   assert.notEqual(status, 0);
-  assert.match(
-    thrownMessage(stderr),
-    /^simple-distributed-lock: the native engine for this platform \(linux-arm64-gnu\) is installed as "simple-distributed-lock-linux-arm64-gnu" but failed to load: .*engine\.node: .+\. Reinstall it/,
+  const message = thrownMessage(stderr);
+  assert.ok(
+    message.startsWith(
+      `simple-distributed-lock: the native engine for this platform (${other.name}) is installed as ` +
+        `"simple-distributed-lock-${other.name}" but failed to load: `,
+    ),
+    message,
   );
+  assert.match(message, /engine\.node: .+\. Reinstall it with npm install on this machine; on Linux, the gnu build needs glibc 2\.17 or newer\.$/);
 });
 
 test("the loader's prebuilt platforms are exactly the napi targets", async () => {
