@@ -136,7 +136,6 @@ impl Locker {
         cancel: Option<&CancellationToken>,
     ) -> EngineResult<Option<Acquired>> {
         self.ensure_open()?;
-        let token = new_token();
         let retry = options.retry;
         let wait_until = retry.wait_timeout.map(|t| Instant::now() + t);
         let never = CancellationToken::new();
@@ -151,6 +150,9 @@ impl Locker {
             if cancel.is_cancelled() {
                 return Err(EngineError::cancelled());
             }
+            // A fresh token per attempt: Redlock releases a failed attempt's grants in the
+            // background, and that cleanup must never match a later attempt's grant.
+            let token = new_token();
             let sent_at = Instant::now();
             let valid_until = deadline_at(sent_at + options.ttl, options.ttl, self.drift_factor);
             let granted = self

@@ -242,3 +242,51 @@ fn signal(pid: u32, name: &str) {
         .unwrap();
     assert!(status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contending_lockers_never_overlap() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let servers = masters(3);
+    let inside = Arc::new(AtomicUsize::new(0));
+    let overlaps = Arc::new(AtomicUsize::new(0));
+    let sections = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let locker = Arc::new(redlock(&servers));
+        let (inside, overlaps, sections) = (inside.clone(), overlaps.clone(), sections.clone());
+        workers.push(tokio::spawn(async move {
+            let options = AcquireOptions {
+                retry: RetryPolicy {
+                    retry_count: None,
+                    retry_delay: Duration::from_millis(5),
+                    ..RetryPolicy::ONCE
+                },
+                ..once(10_000)
+            };
+            for _ in 0..40 {
+                let acquired = locker
+                    .acquire("lock:contended", options, None)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                if inside.fetch_add(1, Ordering::SeqCst) != 0 {
+                    overlaps.fetch_add(1, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                inside.fetch_sub(1, Ordering::SeqCst);
+                sections.fetch_add(1, Ordering::SeqCst);
+                assert!(
+                    locker
+                        .release("lock:contended", &acquired.token)
+                        .await
+                        .unwrap()
+                );
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    assert_eq!(overlaps.load(Ordering::SeqCst), 0);
+    assert_eq!(sections.load(Ordering::SeqCst), 160);
+}
