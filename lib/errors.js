@@ -131,7 +131,9 @@ class LockLostError extends LockError {
   }
 }
 
+/** The class for each code the engine reports; the engine builds its errors from this map. */
 const BY_CODE = {
+  ERR_LOCK: LockError,
   ERR_LOCK_CONNECTION: LockConnectionError,
   ERR_LOCK_TIMEOUT: LockTimeoutError,
   ERR_LOCK_AUTH: LockAuthError,
@@ -182,5 +184,6 @@ module.exports = {
   LockReplicationError,
   LockAcquireError,
   LockLostError,
+  BY_CODE,
   fromNative,
 };

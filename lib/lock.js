@@ -4,7 +4,7 @@
 // deadlines).
 
 const { NativeLocker } = require('./native');
-const { fromNative, LockAcquireError, LockLostError } = require('./errors');
+const { BY_CODE, fromNative, LockAcquireError, LockLostError } = require('./errors');
 const { resolveConnection } = require('./connection');
 const { Lease } = require('./lease');
 const validate = require('./validate');
@@ -68,7 +68,7 @@ class Lock {
     this.#keyPrefix = keyPrefix + prefix;
     const id = nextLockId++;
     try {
-      this.#native = new NativeLocker(topology, { fencing, driftFactor }, (lost) => dispatchLost(id, ...lost));
+      this.#native = new NativeLocker(topology, { fencing, driftFactor }, BY_CODE, (lost) => dispatchLost(id, ...lost));
     } catch (err) {
       throw fromNative(err);
     }
@@ -76,15 +76,26 @@ class Lock {
     forgetLock.register(this, id);
   }
 
+  // The hot paths below are plain methods that hand back the engine's own promise: no async
+  // wrapper, no extra promise per call. Bad arguments still reject (as v1's async methods did).
+  // The engine settles failures as instances of the error classes (see NativeLocker's BY_CODE).
+
   /**
    * @param {unknown} resource
    * @param {unknown} [opts]
    * @returns {Promise<string | null>}
    */
-  async acquire(resource, opts) {
-    const key = this.#keyPrefix + validate.resourceName(resource);
-    const o = this.#acquireSettings(opts);
-    return this.#withSignal(key, o.signal, (cancelId) => this.#native.acquire(key, o.ttl, o.autoExtend, o.wait, cancelId));
+  acquire(resource, opts) {
+    try {
+      const key = this.#keyPrefix + validate.resourceName(resource);
+      const o = this.#acquireSettings(opts);
+      if (o.signal) {
+        return this.#withSignal(key, o.signal, (cancelId) => this.#native.acquire(key, o.ttl, o.autoExtend, o.wait, cancelId));
+      }
+      return this.#native.acquire(key, o.ttl, o.autoExtend, o.wait, 0);
+    } catch (err) {
+      return Promise.reject(fromNative(err));
+    }
   }
 
   /**
@@ -112,14 +123,14 @@ class Lock {
    * @param {unknown} token
    * @returns {Promise<boolean>}
    */
-  async release(resource, token) {
-    const key = this.#keyPrefix + validate.resourceName(resource);
-    const owner = validate.ownerToken(token);
-    this.#leases.delete(owner);
+  release(resource, token) {
     try {
-      return await this.#native.release(key, owner);
+      const key = this.#keyPrefix + validate.resourceName(resource);
+      const owner = validate.ownerToken(token);
+      if (this.#leases.size > 0) this.#leases.delete(owner);
+      return this.#native.release(key, owner);
     } catch (err) {
-      throw fromNative(err);
+      return Promise.reject(fromNative(err));
     }
   }
 
@@ -129,14 +140,13 @@ class Lock {
    * @param {unknown} [ttl] defaults to the Lock's ttl (not the one given to acquire), as in v1
    * @returns {Promise<boolean>}
    */
-  async extend(resource, token, ttl) {
-    const key = this.#keyPrefix + validate.resourceName(resource);
-    const owner = validate.ownerToken(token);
-    const ms = validate.milliseconds('ttl', ttl, this.#ttl);
+  extend(resource, token, ttl) {
     try {
-      return await this.#native.extend(key, owner, ms);
+      const key = this.#keyPrefix + validate.resourceName(resource);
+      const owner = validate.ownerToken(token);
+      return this.#native.extend(key, owner, validate.milliseconds('ttl', ttl, this.#ttl));
     } catch (err) {
-      throw fromNative(err);
+      return Promise.reject(fromNative(err));
     }
   }
 
@@ -144,12 +154,11 @@ class Lock {
    * @param {unknown} resource
    * @returns {Promise<boolean>}
    */
-  async isLocked(resource) {
-    const key = this.#keyPrefix + validate.resourceName(resource);
+  isLocked(resource) {
     try {
-      return await this.#native.isLocked(key);
+      return this.#native.isLocked(this.#keyPrefix + validate.resourceName(resource));
     } catch (err) {
-      throw fromNative(err);
+      return Promise.reject(fromNative(err));
     }
   }
 
@@ -264,13 +273,7 @@ class Lock {
    * @returns {Promise<R>}
    */
   async #withSignal(key, signal, start) {
-    if (!signal) {
-      try {
-        return await start(0);
-      } catch (err) {
-        throw fromNative(err);
-      }
-    }
+    if (!signal) return start(0);
     if (signal.aborted) throw signal.reason;
     const cancelId = this.#nextCancelId++;
     const onAbort = () => this.#native.cancel(cancelId);
@@ -280,7 +283,7 @@ class Lock {
       granted = await start(cancelId);
     } catch (err) {
       if (signal.aborted) throw signal.reason;
-      throw fromNative(err);
+      throw err;
     } finally {
       signal.removeEventListener('abort', onAbort);
     }

@@ -4,6 +4,24 @@
 use napi::{Error, Status};
 use sdl_engine::EngineError;
 
+use crate::completions::Outcome;
+
+/// An engine error as the outcome of a call: the facade's class for its code settles it.
+pub(crate) fn failed(err: EngineError) -> Outcome {
+    Outcome::Failed {
+        code: err.code(),
+        message: capitalized(err.message()),
+    }
+}
+
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
 pub(crate) fn to_js_error(err: EngineError) -> Error {
     Error::new(
         Status::GenericFailure,

@@ -6,6 +6,7 @@
 //! Every sync export is marked `catch_unwind`; async work rejects on panic (napi-rs contains
 //! panics in the futures it drives).
 
+mod completions;
 mod errors;
 mod settings;
 
@@ -21,7 +22,8 @@ use sdl_engine::{
     ReplicaAck, RetryPolicy,
 };
 
-use errors::{invalid_arg, to_js_error};
+use completions::{Completions, Grant, Outcome};
+use errors::{failed, invalid_arg, to_js_error};
 pub use settings::{
     ConnectionSettings, LockerSettings, TlsSettings, TopologySettings, WaitSettings,
 };
@@ -31,22 +33,13 @@ type LostArgs = (String, String, String, String, bool);
 /// Weak: a pending notification never keeps the process alive.
 type LostNotifier = ThreadsafeFunction<LostArgs, (), LostArgs, Status, false, true>;
 
-/// A lock just acquired by `acquireLease`.
-#[napi(object)]
-pub struct LeaseGrant {
-    pub token: String,
-    /// Strictly increasing per resource; `null` when fencing is off.
-    pub fence: Option<i64>,
-    /// How long from now the lock is known to be held, in ms.
-    pub valid_for_ms: f64,
-}
-
 /// The engine's lock operations on one Redis server. The JS `Lock` class wraps this.
 #[napi]
 pub struct NativeLocker {
     inner: Arc<Locker>,
     /// Waiting acquires the facade may cancel, by the id it chose.
     cancels: Arc<Mutex<HashMap<u32, CancellationToken>>>,
+    completions: Completions,
 }
 
 #[napi]
@@ -56,13 +49,16 @@ impl NativeLocker {
     #[napi(
         constructor,
         catch_unwind,
-        ts_args_type = "topology: TopologySettings, options: LockerSettings, onLost: (lost: [key: string, token: string, reason: 'not-owner' | 'unreachable' | 'expired', message: string, autoExtended: boolean]) => void"
+        ts_args_type = "topology: TopologySettings, options: LockerSettings, errorClasses: Record<string, new (message: string) => Error>, onLost: (lost: [key: string, token: string, reason: 'not-owner' | 'unreachable' | 'expired', message: string, autoExtended: boolean]) => void"
     )]
     pub fn new(
+        env: &Env,
         topology: TopologySettings,
         options: LockerSettings,
+        error_classes: Object,
         on_lost: Function<'_, LostArgs, ()>,
     ) -> Result<Self> {
+        let completions = Completions::new(env, error_classes)?;
         let topology = topology.into_topology()?;
         let drift_factor = options.drift_factor()?;
         let notifier: LostNotifier = on_lost
@@ -86,6 +82,7 @@ impl NativeLocker {
         Ok(Self {
             inner: Arc::new(locker),
             cancels: Arc::default(),
+            completions,
         })
     }
 
@@ -103,11 +100,19 @@ impl NativeLocker {
     ) -> Result<PromiseRaw<'env, Option<String>>> {
         let options = acquire_options(ttl_ms, auto_extend, false, wait)?;
         let acquiring = self.acquiring(key, options, cancel_id);
-        env.spawn_future(async move { Ok(acquiring.await?.map(|acquired| acquired.token)) })
+        self.promise(env, async move {
+            match acquiring.await {
+                Ok(acquired) => Outcome::Token(acquired.map(|a| a.token)),
+                Err(err) => failed(err),
+            }
+        })
     }
 
     /// Like `acquire`, and watches the lease so its loss is reported; resolves to a grant.
-    #[napi(catch_unwind, ts_return_type = "Promise<LeaseGrant | null>")]
+    #[napi(
+        catch_unwind,
+        ts_return_type = "Promise<{ token: string, fence: number | null, validForMs: number } | null>"
+    )]
     pub fn acquire_lease<'env>(
         &self,
         env: &'env Env,
@@ -116,15 +121,18 @@ impl NativeLocker {
         auto_extend: bool,
         wait: Option<WaitSettings>,
         cancel_id: u32,
-    ) -> Result<PromiseRaw<'env, Option<LeaseGrant>>> {
+    ) -> Result<PromiseRaw<'env, Option<String>>> {
         let options = acquire_options(ttl_ms, auto_extend, true, wait)?;
         let acquiring = self.acquiring(key, options, cancel_id);
-        env.spawn_future(async move {
-            Ok(acquiring.await?.map(|acquired| LeaseGrant {
-                valid_for_ms: acquired.time_left().as_secs_f64() * 1000.0,
-                token: acquired.token,
-                fence: acquired.fence,
-            }))
+        self.promise(env, async move {
+            match acquiring.await {
+                Ok(acquired) => Outcome::Grant(acquired.map(|acquired| Grant {
+                    valid_for_ms: acquired.time_left().as_secs_f64() * 1000.0,
+                    token: acquired.token,
+                    fence: acquired.fence,
+                })),
+                Err(err) => failed(err),
+            }
         })
     }
 
@@ -147,23 +155,31 @@ impl NativeLocker {
     ) -> Result<PromiseRaw<'env, bool>> {
         self.inner.stop_tracking(&key, &token);
         let inner = self.inner.clone();
-        env.spawn_future(async move { inner.release(&key, &token).await.map_err(to_js_error) })
+        self.promise(env, async move { flag(inner.release(&key, &token).await) })
     }
 
     /// Sets the lock's TTL if `token` owns it. Resolves to whether it did.
-    #[napi]
-    pub async fn extend(&self, key: String, token: String, ttl_ms: u32) -> Result<bool> {
+    #[napi(catch_unwind, ts_return_type = "Promise<boolean>")]
+    pub fn extend<'env>(
+        &self,
+        env: &'env Env,
+        key: String,
+        token: String,
+        ttl_ms: u32,
+    ) -> Result<PromiseRaw<'env, bool>> {
         let ttl = ttl(ttl_ms)?;
-        self.inner
-            .extend(&key, &token, ttl)
-            .await
-            .map_err(to_js_error)
+        let inner = self.inner.clone();
+        self.promise(
+            env,
+            async move { flag(inner.extend(&key, &token, ttl).await) },
+        )
     }
 
     /// Whether anybody holds the lock at `key`.
-    #[napi]
-    pub async fn is_locked(&self, key: String) -> Result<bool> {
-        self.inner.is_locked(&key).await.map_err(to_js_error)
+    #[napi(catch_unwind, ts_return_type = "Promise<boolean>")]
+    pub fn is_locked<'env>(&self, env: &'env Env, key: String) -> Result<PromiseRaw<'env, bool>> {
+        let inner = self.inner.clone();
+        self.promise(env, async move { flag(inner.is_locked(&key).await) })
     }
 
     /// Ms until the tracked lease's deadline (0 once passed); `null` if it is not tracked.
@@ -198,13 +214,24 @@ impl NativeLocker {
 }
 
 impl NativeLocker {
+    /// Runs `work` on the runtime; its outcome settles the returned promise.
+    fn promise<'env, T>(
+        &self,
+        env: &'env Env,
+        work: impl std::future::Future<Output = Outcome> + Send + 'static,
+    ) -> Result<PromiseRaw<'env, T>> {
+        let raw = self.completions.run(env, work)?;
+        unsafe { PromiseRaw::from_napi_value(env.raw(), raw) }
+    }
+
     /// The acquire future, with its cancellation registered now (before JS can ask for it).
     fn acquiring(
         &self,
         key: String,
         options: AcquireOptions,
         cancel_id: u32,
-    ) -> impl std::future::Future<Output = Result<Option<Acquired>>> + Send + 'static {
+    ) -> impl std::future::Future<Output = sdl_engine::EngineResult<Option<Acquired>>> + Send + 'static
+    {
         let inner = self.inner.clone();
         let registration = (cancel_id != 0).then(|| {
             let token = CancellationToken::new();
@@ -214,13 +241,19 @@ impl NativeLocker {
         async move {
             let result = inner
                 .acquire(&key, options, registration.as_ref().map(|(_, token)| token))
-                .await
-                .map_err(to_js_error);
+                .await;
             if let Some((cancels, _)) = registration {
                 lock(&cancels).remove(&cancel_id);
             }
             result
         }
+    }
+}
+
+fn flag(result: sdl_engine::EngineResult<bool>) -> Outcome {
+    match result {
+        Ok(value) => Outcome::Flag(value),
+        Err(err) => failed(err),
     }
 }
 

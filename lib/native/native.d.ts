@@ -7,14 +7,14 @@ export declare class NativeLocker {
    * Creates the locker; connects lazily on the first operation. `onLost` receives
    * `[key, token, reason, message, autoExtended]` once for each tracked lease that is lost.
    */
-  constructor(topology: TopologySettings, options: LockerSettings, onLost: (lost: [key: string, token: string, reason: 'not-owner' | 'unreachable' | 'expired', message: string, autoExtended: boolean]) => void)
+  constructor(topology: TopologySettings, options: LockerSettings, errorClasses: Record<string, new (message: string) => Error>, onLost: (lost: [key: string, token: string, reason: 'not-owner' | 'unreachable' | 'expired', message: string, autoExtended: boolean]) => void)
   /**
    * Takes the lock. Resolves to the token, or `null`. `wait` is absent for a single attempt;
    * `cancelId` 0 means not cancellable, else `cancel(cancelId)` stops the wait.
    */
   acquire(key: string, ttlMs: number, autoExtend: boolean, wait: WaitSettings | undefined | null, cancelId: number): Promise<string | null>
   /** Like `acquire`, and watches the lease so its loss is reported; resolves to a grant. */
-  acquireLease(key: string, ttlMs: number, autoExtend: boolean, wait: WaitSettings | undefined | null, cancelId: number): Promise<LeaseGrant | null>
+  acquireLease(key: string, ttlMs: number, autoExtend: boolean, wait: WaitSettings | undefined | null, cancelId: number): Promise<{ token: string, fence: number | null, validForMs: number } | null>
   /** Stops the waiting acquire registered under `cancelId`, if it still waits. */
   cancel(cancelId: number): void
   /**
@@ -47,15 +47,6 @@ export interface ConnectionSettings {
   tls?: TlsSettings
   connectTimeoutMs?: number
   commandTimeoutMs?: number
-}
-
-/** A lock just acquired by `acquireLease`. */
-export interface LeaseGrant {
-  token: string
-  /** Strictly increasing per resource; `null` when fencing is off. */
-  fence?: number
-  /** How long from now the lock is known to be held, in ms. */
-  validForMs: number
 }
 
 /** Lock-wide engine settings. */
