@@ -285,3 +285,35 @@ test('Lock instances share nothing: two Locks on one Redis exclude each other', 
   assert.equal(await a.release('shared', token), true);
   assert.ok(await b.acquire('shared'));
 });
+
+test('scripts flushed from Redis (a restart, SCRIPT FLUSH): calls load them again', async () => {
+  const lock = new Lock(redis);
+  // Warm up, so that both the engine and its event-loop lane have sent the scripts before.
+  for (let i = 0; i < 3; i++) {
+    const t = await lock.acquire('flushed');
+    assert.ok(t);
+    assert.equal(await lock.release('flushed', t), true);
+  }
+  const token = await lock.acquire('flushed', { ttl: 5000 });
+  assert.ok(token);
+  await raw.script('FLUSH');
+  assert.equal(await lock.extend('flushed', token, 9000), true);
+  const pttl = await raw.pttl('lock:flushed');
+  assert.ok(pttl > 8000, `pttl ${pttl}`);
+  await raw.script('FLUSH');
+  assert.equal(await lock.release('flushed', token), true);
+  await raw.script('FLUSH');
+  const again = await lock.acquire('flushed');
+  assert.ok(again);
+  assert.equal(await lock.release('flushed', again), true);
+});
+
+test('many calls at once on one Lock settle, each with its own answer', async () => {
+  const lock = new Lock(redis);
+  const tokens = await Promise.all(Array.from({ length: 500 }, (_, i) => lock.acquire(`burst:${i % 250}`)));
+  const granted = tokens.filter((t) => t !== null);
+  assert.equal(granted.length, 250, 'each of 250 keys granted once');
+  const released = await Promise.all(tokens.map((t, i) => (t ? lock.release(`burst:${i % 250}`, t) : Promise.resolve(false))));
+  assert.equal(released.filter(Boolean).length, 250);
+  assert.equal((await raw.keys('lock:burst:*')).length, 0);
+});

@@ -42,3 +42,29 @@ test('exits after a connection error', async () => {
   const [output] = await runWorkers('exit-worker.mjs', [{ scenario: 'refused', url }], 10000);
   assert.match(String(output), /ERR_LOCK_CONNECTION\ndone refused/);
 });
+
+test('worker threads that use a Lock exit or are terminated without harming the process', async () => {
+  const { Worker } = await import('node:worker_threads');
+  const entry = new URL('../index.js', import.meta.url).pathname;
+  const body = (/** @type {string} */ resource) => `
+    const { Lock } = require(${JSON.stringify(entry)});
+    const lock = new Lock(${JSON.stringify(server.url)});
+    (async () => {
+      for (let i = 0; ; i++) {
+        const token = await lock.acquire('${resource}' + (i % 20), { autoExtend: true, ttl: 500 });
+        if (token) await lock.release('${resource}' + (i % 20), token);
+        if (i === 50) require('node:worker_threads').parentPort.postMessage('busy');
+      }
+    })();`;
+  for (let round = 0; round < 4; round++) {
+    const worker = new Worker(body(`worker${round}:`), { eval: true });
+    await new Promise((resolve, reject) => {
+      worker.once('message', resolve);
+      worker.once('error', reject);
+    });
+    await worker.terminate();
+  }
+  const finishing = new Worker(`${body('natural:').replace('for (let i = 0; ; i++)', 'for (let i = 0; i < 60; i++)')}`, { eval: true });
+  const code = await new Promise((resolve) => finishing.once('exit', resolve));
+  assert.equal(code, 0, 'a worker whose work is done exits by itself');
+});

@@ -25,12 +25,15 @@ const steps = [
   ['engine tests (Rust)', 'cargo', ['test', '-p', 'sdl-engine']],
   ['type check (tsc)', npx, ['tsc', '-p', 'tsconfig.json']],
   ['black-box tests (node --test)', process.execPath, ['--test', '--test-reporter=spec', '__test__/']],
+  // The same API tests once more with every call on the runtime path (the event-loop lane off).
+  ['API tests, event-loop lane off', process.execPath, ['--test', '--test-reporter=dot', '__test__/api.test.mjs', '__test__/connection.test.mjs', '__test__/leases.test.mjs']],
 ];
 
 for (const [title, command, args] of steps) {
   console.log(`\n== ${title}: ${command} ${args.join(' ')}`);
   const started = Date.now();
-  const result = spawnSync(command, args, { cwd: root, stdio: 'inherit' });
+  const env = title.includes('lane off') ? { ...process.env, SDL_EVENT_LOOP_LANE: '0' } : process.env;
+  const result = spawnSync(command, args, { cwd: root, stdio: 'inherit', env });
   const seconds = ((Date.now() - started) / 1000).toFixed(1);
   if (result.status !== 0) {
     console.error(`\n== FAILED: ${title} (${seconds} s)`);

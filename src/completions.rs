@@ -169,6 +169,13 @@ impl Completions {
     }
 }
 
+impl Completions {
+    /// The facade's error classes (a reference valid on the JS thread while this lives).
+    pub(crate) fn error_classes(&self) -> sys::napi_ref {
+        self.shared.error_classes
+    }
+}
+
 impl Shared {
     fn tsfn(&self) -> sys::napi_threadsafe_function {
         self.tsfn.load(Ordering::Acquire)
@@ -211,7 +218,7 @@ unsafe extern "C" fn settle_ready(
     let ready = std::mem::take(&mut *shared.queue.lock().unwrap_or_else(|p| p.into_inner()));
     let settled = ready.len();
     for (deferred, outcome) in ready {
-        unsafe { settle(env, shared, deferred.0, outcome) };
+        unsafe { settle(env, shared.error_classes, deferred.0, outcome) };
     }
     let left = shared.pending.fetch_sub(settled, Ordering::Relaxed) - settled;
     if left == 0 {
@@ -222,9 +229,10 @@ unsafe extern "C" fn settle_ready(
     }
 }
 
-unsafe fn settle(
+/// Settles a promise with an outcome. On the JS thread, inside a handle scope.
+pub(crate) unsafe fn settle(
     env: sys::napi_env,
-    shared: &Shared,
+    error_classes: sys::napi_ref,
     deferred: sys::napi_deferred,
     outcome: Outcome,
 ) {
@@ -232,7 +240,9 @@ unsafe fn settle(
         Outcome::Token(token) => (true, unsafe { optional_string(env, token.as_deref()) }),
         Outcome::Flag(flag) => (true, unsafe { boolean(env, flag) }),
         Outcome::Grant(grant) => (true, unsafe { grant_object(env, grant) }),
-        Outcome::Failed { code, message } => (false, unsafe { error(env, shared, code, &message) }),
+        Outcome::Failed { code, message } => {
+            (false, unsafe { error(env, error_classes, code, &message) })
+        }
     };
     unsafe {
         if ok {
@@ -296,11 +306,16 @@ unsafe fn grant_object(env: sys::napi_env, grant: Option<Grant>) -> sys::napi_va
 }
 
 /// `new ErrorClasses[code](message)`, or a plain Error with `code` set if there is no class.
-unsafe fn error(env: sys::napi_env, shared: &Shared, code: &str, message: &str) -> sys::napi_value {
+unsafe fn error(
+    env: sys::napi_env,
+    error_classes: sys::napi_ref,
+    code: &str,
+    message: &str,
+) -> sys::napi_value {
     unsafe {
         let text = optional_string(env, Some(message));
         let mut classes = ptr::null_mut();
-        sys::napi_get_reference_value(env, shared.error_classes, &mut classes);
+        sys::napi_get_reference_value(env, error_classes, &mut classes);
         let mut class = ptr::null_mut();
         let key = std::ffi::CString::new(code).unwrap_or_default();
         if !classes.is_null() {

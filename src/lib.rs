@@ -8,6 +8,7 @@
 
 mod completions;
 mod errors;
+mod lane;
 mod settings;
 
 use std::collections::HashMap;
@@ -24,6 +25,8 @@ use sdl_engine::{
 
 use completions::{Completions, Grant, Outcome};
 use errors::{failed, invalid_arg, to_js_error};
+use lane::{Lane, Op};
+use sdl_engine::wire;
 pub use settings::{
     ConnectionSettings, LockerSettings, TlsSettings, TopologySettings, WaitSettings,
 };
@@ -39,6 +42,9 @@ pub struct NativeLocker {
     inner: Arc<Locker>,
     /// Waiting acquires the facade may cancel, by the id it chose.
     cancels: Arc<Mutex<HashMap<u32, CancellationToken>>>,
+    /// The hot calls on one plain server, done on the JS thread (see `lane`). Declared before
+    /// `completions`, whose error classes it uses, so it is dropped first.
+    lane: Lane,
     completions: Completions,
 }
 
@@ -79,8 +85,10 @@ impl NativeLocker {
             },
         )
         .map_err(to_js_error)?;
+        let inner = Arc::new(locker);
         Ok(Self {
-            inner: Arc::new(locker),
+            lane: Lane::new(inner.clone(), completions.error_classes()),
+            inner,
             cancels: Arc::default(),
             completions,
         })
@@ -98,6 +106,12 @@ impl NativeLocker {
         wait: Option<WaitSettings>,
         cancel_id: u32,
     ) -> Result<PromiseRaw<'env, Option<String>>> {
+        if wait.is_none()
+            && cancel_id == 0
+            && let Some(promise) = self.acquire_on_lane(env, &key, ttl_ms, auto_extend, false)
+        {
+            return promise;
+        }
         let options = acquire_options(ttl_ms, auto_extend, false, wait)?;
         let acquiring = self.acquiring(key, options, cancel_id);
         self.promise(env, async move {
@@ -122,6 +136,12 @@ impl NativeLocker {
         wait: Option<WaitSettings>,
         cancel_id: u32,
     ) -> Result<PromiseRaw<'env, Option<String>>> {
+        if wait.is_none()
+            && cancel_id == 0
+            && let Some(promise) = self.acquire_on_lane(env, &key, ttl_ms, auto_extend, true)
+        {
+            return promise;
+        }
         let options = acquire_options(ttl_ms, auto_extend, true, wait)?;
         let acquiring = self.acquiring(key, options, cancel_id);
         self.promise(env, async move {
@@ -154,6 +174,12 @@ impl NativeLocker {
         token: String,
     ) -> Result<PromiseRaw<'env, bool>> {
         self.inner.stop_tracking(&key, &token);
+        if let Some(lane) = self.lane.open(env) {
+            return raw_promise(
+                env,
+                lane.submit(env, wire::release_command(&key, &token), Op::Flag),
+            );
+        }
         let inner = self.inner.clone();
         self.promise(env, async move { flag(inner.release(&key, &token).await) })
     }
@@ -168,6 +194,15 @@ impl NativeLocker {
         ttl_ms: u32,
     ) -> Result<PromiseRaw<'env, bool>> {
         let ttl = ttl(ttl_ms)?;
+        if let Some(lane) = self.lane.open(env) {
+            let command = wire::extend_command(&key, &token, ttl);
+            let op = Op::Extend {
+                token,
+                ttl,
+                sent_at: tokio::time::Instant::now(),
+            };
+            return raw_promise(env, lane.submit(env, command, op));
+        }
         let inner = self.inner.clone();
         self.promise(
             env,
@@ -178,6 +213,9 @@ impl NativeLocker {
     /// Whether anybody holds the lock at `key`.
     #[napi(catch_unwind, ts_return_type = "Promise<boolean>")]
     pub fn is_locked<'env>(&self, env: &'env Env, key: String) -> Result<PromiseRaw<'env, bool>> {
+        if let Some(lane) = self.lane.open(env) {
+            return raw_promise(env, lane.submit(env, wire::exists_command(&key), Op::Flag));
+        }
         let inner = self.inner.clone();
         self.promise(env, async move { flag(inner.is_locked(&key).await) })
     }
@@ -208,20 +246,48 @@ impl NativeLocker {
 
     /// Stops auto-extension, tracking and pending waits, and drops the connections. Idempotent.
     #[napi(catch_unwind)]
-    pub fn close(&self) {
+    pub fn close(&self, env: &Env) {
+        self.lane.close(env);
         self.inner.close();
     }
 }
 
 impl NativeLocker {
+    /// A single acquire attempt through the lane, if it is open.
+    fn acquire_on_lane<'env, T>(
+        &self,
+        env: &'env Env,
+        key: &str,
+        ttl_ms: u32,
+        auto_extend: bool,
+        lease: bool,
+    ) -> Option<Result<PromiseRaw<'env, T>>> {
+        let lane = self.lane.open(env)?;
+        let ttl = match ttl(ttl_ms) {
+            Ok(ttl) => ttl,
+            Err(err) => return Some(Err(err)),
+        };
+        let token = sdl_engine::new_token();
+        let command = wire::acquire_command(key, &token, ttl, self.inner.fencing());
+        let op = Op::Acquire {
+            key: key.to_owned(),
+            token,
+            ttl,
+            sent_at: tokio::time::Instant::now(),
+            auto_extend,
+            watch: lease,
+            lease,
+        };
+        Some(raw_promise(env, lane.submit(env, command, op)))
+    }
+
     /// Runs `work` on the runtime; its outcome settles the returned promise.
     fn promise<'env, T>(
         &self,
         env: &'env Env,
         work: impl std::future::Future<Output = Outcome> + Send + 'static,
     ) -> Result<PromiseRaw<'env, T>> {
-        let raw = self.completions.run(env, work)?;
-        unsafe { PromiseRaw::from_napi_value(env.raw(), raw) }
+        raw_promise(env, self.completions.run(env, work))
     }
 
     /// The acquire future, with its cancellation registered now (before JS can ask for it).
@@ -248,6 +314,13 @@ impl NativeLocker {
             result
         }
     }
+}
+
+fn raw_promise<'env, T>(
+    env: &'env Env,
+    raw: Result<napi::sys::napi_value>,
+) -> Result<PromiseRaw<'env, T>> {
+    unsafe { PromiseRaw::from_napi_value(env.raw(), raw?) }
 }
 
 fn flag(result: sdl_engine::EngineResult<bool>) -> Outcome {

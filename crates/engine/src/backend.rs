@@ -217,6 +217,18 @@ impl Backend {
         }
     }
 
+    /// The server's settings when the deployment is one plain server (no Sentinel, cluster,
+    /// Redlock or TLS): then a caller may drive its own connection to it (see `wire`).
+    pub(crate) fn plain_server(&self) -> Option<&ServerConfig> {
+        match self {
+            Backend::Server(server) => match &server.source {
+                ServerSource::Fixed(config) if config.tls.is_none() => Some(config),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     /// (connect timeout, command timeout) of the deployment's connections.
     pub(crate) fn timeouts(&self) -> (Duration, Duration) {
         match self {

@@ -19,6 +19,7 @@ mod scripts;
 mod sentinel;
 mod token;
 mod waiters;
+pub mod wire;
 
 pub use backend::{ReplicaAck, Topology};
 pub use config::{
@@ -28,5 +29,6 @@ pub use error::{EngineError, EngineResult, ErrorKind};
 pub use leases::{DEFAULT_DRIFT_FACTOR, LostCallback, LostLease, LostReason, safety_margin};
 pub use locker::{AcquireOptions, Acquired, Locker, LockerOptions, RetryPolicy};
 pub use sentinel::SentinelConfig;
+pub use token::new_token;
 /// Cancels a waiting `acquire` (the binding wires an `AbortSignal` to one).
 pub use tokio_util::sync::CancellationToken;

@@ -119,6 +119,41 @@ impl Locker {
         })
     }
 
+    /// The server's settings if the deployment is one plain server (no Sentinel, cluster,
+    /// Redlock or TLS), for a caller that drives its own connection (see `wire`).
+    pub fn plain_server(&self) -> Option<&crate::ServerConfig> {
+        self.backend.plain_server()
+    }
+
+    /// Whether acquires keep a fencing counter.
+    pub fn fencing(&self) -> bool {
+        self.fencing
+    }
+
+    /// Takes over a lock acquired by a caller's own connection (its `SET` sent at `sent_at`):
+    /// tracks it like one acquired here. Returns its deadline. Must run inside the runtime when
+    /// `auto_extend || watch`.
+    pub fn adopt(
+        &self,
+        key: &str,
+        token: &str,
+        ttl: Duration,
+        sent_at: Instant,
+        auto_extend: bool,
+        watch: bool,
+    ) -> Instant {
+        if auto_extend || watch {
+            self.leases.track(key, token, ttl, sent_at, auto_extend);
+        }
+        deadline_at(sent_at + ttl, ttl, self.drift_factor)
+    }
+
+    /// Records a successful extend sent at `sent_at` by a caller's own connection, moving the
+    /// tracked lease's deadline.
+    pub fn note_extended(&self, token: &str, sent_at: Instant, ttl: Duration) {
+        self.leases.extended(token, sent_at, ttl);
+    }
+
     /// What messages call the deployment (`host:port`, a socket path, a cluster, ...).
     pub fn target(&self) -> &str {
         self.backend.target()

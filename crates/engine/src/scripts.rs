@@ -8,44 +8,34 @@ use redis::Script;
 
 /// `SET lock token PX ttl NX`, and on success `INCR` the fencing counter in the same atomic step.
 /// KEYS: lock, fence counter. ARGV: token, ttl ms. Returns the new fence, or 0 if not acquired.
-pub(crate) static ACQUIRE_FENCED: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"if redis.call("set", KEYS[1], ARGV[1], "PX", ARGV[2], "NX") then
+pub(crate) const ACQUIRE_FENCED_SOURCE: &str = r#"if redis.call("set", KEYS[1], ARGV[1], "PX", ARGV[2], "NX") then
   return redis.call("incr", KEYS[2])
 end
-return 0"#,
-    )
-});
+return 0"#;
+pub(crate) static ACQUIRE_FENCED: LazyLock<Script> =
+    LazyLock::new(|| Script::new(ACQUIRE_FENCED_SOURCE));
 
 /// Deletes the key only while it holds the caller's token, then tells waiters it is free.
 /// KEYS: lock. ARGV: token, release channel. Returns 1 if released, else 0.
-pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"if redis.call("get", KEYS[1]) == ARGV[1] then
+pub(crate) const RELEASE_SOURCE: &str = r#"if redis.call("get", KEYS[1]) == ARGV[1] then
   redis.call("del", KEYS[1])
   redis.call("publish", ARGV[2], "")
   return 1
 end
-return 0"#,
-    )
-});
+return 0"#;
+pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_SOURCE));
 
 /// Sets a new TTL only while the key holds the caller's token; never re-creates a key.
 /// KEYS: lock. ARGV: token, ttl ms. Returns 1 if extended, else 0.
-pub(crate) static EXTEND: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"if redis.call("get", KEYS[1]) == ARGV[1] then
+pub(crate) const EXTEND_SOURCE: &str = r#"if redis.call("get", KEYS[1]) == ARGV[1] then
   return redis.call("pexpire", KEYS[1], ARGV[2])
 end
-return 0"#,
-    )
-});
+return 0"#;
+pub(crate) static EXTEND: LazyLock<Script> = LazyLock::new(|| Script::new(EXTEND_SOURCE));
 
 /// `EXTEND` for many locks in one round trip: the auto-extension scheduler's batch.
 /// KEYS: lock 1..n. ARGV: token 1, ttl ms 1, ..., token n, ttl ms n. Returns 1/0 per lock.
-pub(crate) static EXTEND_MANY: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"local extended = {}
+pub(crate) const EXTEND_MANY_SOURCE: &str = r#"local extended = {}
 for i = 1, #KEYS do
   if redis.call("get", KEYS[i]) == ARGV[2 * i - 1] then
     extended[i] = redis.call("pexpire", KEYS[i], ARGV[2 * i])
@@ -53,6 +43,5 @@ for i = 1, #KEYS do
     extended[i] = 0
   end
 end
-return extended"#,
-    )
-});
+return extended"#;
+pub(crate) static EXTEND_MANY: LazyLock<Script> = LazyLock::new(|| Script::new(EXTEND_MANY_SOURCE));

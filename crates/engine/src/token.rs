@@ -2,7 +2,7 @@
 //! lock values see the same shape. The generator is rand's thread-local ChaCha, seeded and
 //! periodically reseeded from the OS, so tokens cannot be guessed by another client.
 
-pub(crate) fn new_token() -> String {
+pub fn new_token() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 

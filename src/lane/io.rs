@@ -1,0 +1,665 @@
+//! The lane's socket on Node's event loop: a poll handle for the socket, prepare and check
+//! handles that write what the turn queued, a timer for the oldest reply's deadline.
+//!
+//! Replies come in the order of the commands, so the pending calls are a queue. A reply that
+//! cannot be matched (a broken or silent connection) fails every pending call and closes the
+//! lane; the runtime path takes over and the lane reopens later.
+//!
+//! Ownership: the `Io` is shared (`Rc`) by the lane and by each open handle and the environment's
+//! cleanup hook; each gives its count back when it closes. Nothing here holds the `RefCell`
+//! borrowed while JS runs: promises are settled after the borrow ends, in a callback scope that
+//! then runs the microtasks (which may queue more calls).
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::ffi::{c_int, c_void};
+use std::io::{ErrorKind, Read, Write};
+use std::ptr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use napi::bindgen_prelude::*;
+use napi::sys;
+use sdl_engine::wire::{self, RawStream, Reply, ReplyReader, WireCommand};
+use sdl_engine::{EngineError, ErrorKind as EngineErrorKind, Locker};
+
+use super::uv::{self, Handle, Uv};
+use crate::completions::{Grant, Outcome, settle};
+use crate::errors::failed;
+
+/// What a pending call does with its reply.
+pub(crate) enum Op {
+    /// A single acquire attempt; `lease` answers with a grant instead of a token.
+    Acquire {
+        key: String,
+        token: String,
+        ttl: Duration,
+        sent_at: tokio::time::Instant,
+        auto_extend: bool,
+        watch: bool,
+        lease: bool,
+    },
+    /// An extend: `1` is true, and moves the tracked lease's deadline.
+    Extend {
+        token: String,
+        ttl: Duration,
+        sent_at: tokio::time::Instant,
+    },
+    /// release, EXISTS: `1` is true.
+    Flag,
+}
+
+struct Pending {
+    deferred: sys::napi_deferred,
+    op: Op,
+    command: WireCommand,
+    deadline: Instant,
+}
+
+pub(crate) struct Io {
+    env: sys::napi_env,
+    uv: &'static Uv,
+    stream: Option<RawStream>,
+    poll: *mut Handle,
+    timer: *mut Handle,
+    prepare: *mut Handle,
+    check: *mut Handle,
+    out: Vec<u8>,
+    reader: ReplyReader,
+    pending: VecDeque<Pending>,
+    events: c_int,
+    flushing: bool,
+    closing: bool,
+    abandoned: bool,
+    /// The environment is being torn down: no more Node-API calls.
+    env_gone: bool,
+    hook: *const RefCell<Io>,
+    async_context: sys::napi_async_context,
+    resource: sys::napi_ref,
+    error_classes: sys::napi_ref,
+    locker: Arc<Locker>,
+    target: String,
+}
+
+type Settlements = Vec<(sys::napi_deferred, Outcome)>;
+
+impl Io {
+    /// Puts an opened socket on this environment's event loop. `None` if libuv refuses.
+    pub(crate) fn install(
+        env: sys::napi_env,
+        stream: RawStream,
+        locker: Arc<Locker>,
+        error_classes: sys::napi_ref,
+        target: String,
+    ) -> Option<Rc<RefCell<Io>>> {
+        let uv = uv::uv()?;
+        let fd = raw_fd(&stream)?;
+        set_nonblocking(&stream).ok()?;
+        let mut event_loop = ptr::null_mut();
+        unsafe { sys::napi_get_uv_event_loop(env, &mut event_loop) };
+        if event_loop.is_null() {
+            return None;
+        }
+        let (async_context, resource) = unsafe { async_context(env)? };
+        let io = Rc::new(RefCell::new(Io {
+            env,
+            uv,
+            stream: Some(stream),
+            poll: uv.alloc_handle(),
+            timer: uv.alloc_handle(),
+            prepare: uv.alloc_handle(),
+            check: uv.alloc_handle(),
+            out: Vec::with_capacity(4096),
+            reader: ReplyReader::new(),
+            pending: VecDeque::new(),
+            events: uv::READABLE,
+            flushing: false,
+            closing: false,
+            abandoned: false,
+            env_gone: false,
+            hook: ptr::null(),
+            async_context,
+            resource,
+            error_classes,
+            locker,
+            target,
+        }));
+        let started = {
+            let me = io.borrow();
+            let handles = [me.poll, me.timer, me.prepare, me.check];
+            let inits = unsafe {
+                [
+                    (uv.poll_init_socket)(event_loop.cast(), me.poll, fd),
+                    (uv.timer_init)(event_loop.cast(), me.timer),
+                    (uv.prepare_init)(event_loop.cast(), me.prepare),
+                    (uv.check_init)(event_loop.cast(), me.check),
+                ]
+            };
+            if inits.iter().any(|&r| r != 0) {
+                false
+            } else {
+                for handle in handles {
+                    // Each handle holds the Io until its close callback gives it back.
+                    unsafe {
+                        (uv.set_data)(handle, Rc::into_raw(io.clone()) as *mut c_void);
+                        (uv.unref_handle)(handle);
+                    }
+                }
+                unsafe { (uv.poll_start)(me.poll, uv::READABLE, on_poll) == 0 }
+            }
+        };
+        if !started {
+            // Handles that never initialized are only memory; the rest would leak quietly.
+            return None;
+        }
+        let hook = Rc::into_raw(io.clone());
+        io.borrow_mut().hook = hook;
+        unsafe { sys::napi_add_env_cleanup_hook(env, Some(on_env_cleanup), hook as *mut c_void) };
+        Some(io)
+    }
+
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing
+    }
+
+    /// Writes as much of the queued output as the socket takes now.
+    fn flush(&mut self) -> std::result::Result<(), EngineError> {
+        let mut written = 0;
+        let result = loop {
+            if written == self.out.len() {
+                break Ok(());
+            }
+            let Some(stream) = self.stream.as_mut() else {
+                break Ok(());
+            };
+            match write(stream, &self.out[written..]) {
+                Ok(0) => break Err(self.broken("the connection closed")),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break Ok(()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => break Err(self.broken(&e.to_string())),
+            }
+        };
+        self.out.drain(..written);
+        let want = if self.out.is_empty() {
+            uv::READABLE
+        } else {
+            uv::READABLE | uv::WRITABLE
+        };
+        if want != self.events && !self.closing {
+            self.events = want;
+            unsafe { (self.uv.poll_start)(self.poll, want, on_poll) };
+        }
+        if self.out.is_empty() && self.flushing {
+            self.flushing = false;
+            unsafe {
+                (self.uv.prepare_stop)(self.prepare);
+                (self.uv.check_stop)(self.check);
+            }
+        }
+        result
+    }
+
+    /// Reads what arrived and pairs replies with pending calls.
+    fn read(&mut self, settlements: &mut Settlements) -> std::result::Result<(), EngineError> {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            let Some(stream) = self.stream.as_mut() else {
+                return Ok(());
+            };
+            match read(stream, &mut chunk) {
+                Ok(0) => return Err(self.broken("the connection closed")),
+                Ok(n) => {
+                    self.reader.feed(&chunk[..n]);
+                    if n < chunk.len() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.broken(&e.to_string())),
+            }
+        }
+        loop {
+            match self.reader.next_reply() {
+                Ok(Some(reply)) => {
+                    let Some(pending) = self.pending.pop_front() else {
+                        return Err(self.broken("a reply came that nothing asked for"));
+                    };
+                    self.answer(pending, reply, settlements);
+                }
+                Ok(None) => return Ok(()),
+                Err(bad) => return Err(self.broken(&bad)),
+            }
+        }
+    }
+
+    fn answer(&mut self, pending: Pending, reply: Reply, settlements: &mut Settlements) {
+        if let Reply::Error(message) = &reply {
+            if message.starts_with("NOSCRIPT")
+                && let Some(eval) = pending.command.eval_fallback()
+            {
+                // The server lost its script cache (a restart): send the script itself.
+                self.out.extend_from_slice(&eval);
+                self.pending.push_back(pending);
+                self.schedule_flush();
+                return;
+            }
+            let err = wire::reply_error(message, &self.target);
+            settlements.push((pending.deferred, failed(err)));
+            return;
+        }
+        let outcome = match pending.op {
+            Op::Flag => match wire::is_one(&reply) {
+                Ok(flag) => Outcome::Flag(flag),
+                Err(bad) => failed(EngineError::new(EngineErrorKind::Redis, bad)),
+            },
+            Op::Extend {
+                token,
+                ttl,
+                sent_at,
+            } => match wire::is_one(&reply) {
+                Ok(extended) => {
+                    if extended {
+                        self.locker.note_extended(&token, sent_at, ttl);
+                    }
+                    Outcome::Flag(extended)
+                }
+                Err(bad) => failed(EngineError::new(EngineErrorKind::Redis, bad)),
+            },
+            Op::Acquire {
+                key,
+                token,
+                ttl,
+                sent_at,
+                auto_extend,
+                watch,
+                lease,
+            } => match wire::acquired(&reply) {
+                Ok(Some(fence)) => {
+                    let locker = &self.locker;
+                    let deadline = napi::bindgen_prelude::within_runtime_if_available(|| {
+                        locker.adopt(&key, &token, ttl, sent_at, auto_extend, watch)
+                    });
+                    if lease {
+                        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                        Outcome::Grant(Some(Grant {
+                            token,
+                            fence,
+                            valid_for_ms: left.as_secs_f64() * 1000.0,
+                        }))
+                    } else {
+                        Outcome::Token(Some(token))
+                    }
+                }
+                Ok(None) if lease => Outcome::Grant(None),
+                Ok(None) => Outcome::Token(None),
+                Err(bad) => failed(EngineError::new(EngineErrorKind::Redis, bad)),
+            },
+        };
+        settlements.push((pending.deferred, outcome));
+    }
+
+    fn schedule_flush(&mut self) {
+        if !self.flushing && !self.closing {
+            self.flushing = true;
+            unsafe {
+                (self.uv.prepare_start)(self.prepare, on_flush);
+                (self.uv.check_start)(self.check, on_flush);
+            }
+        }
+    }
+
+    /// Keeps the loop alive, and the deadline timer running, exactly while calls are pending.
+    fn track_pending(&mut self, was_empty: bool) {
+        let now_empty = self.pending.is_empty();
+        if was_empty == now_empty || self.closing {
+            return;
+        }
+        unsafe {
+            if now_empty {
+                (self.uv.unref_handle)(self.poll);
+                (self.uv.timer_stop)(self.timer);
+            } else {
+                (self.uv.ref_handle)(self.poll);
+                self.arm_timer();
+            }
+        }
+    }
+
+    unsafe fn arm_timer(&self) {
+        if let Some(front) = self.pending.front() {
+            let wait = front.deadline.saturating_duration_since(Instant::now());
+            unsafe { (self.uv.timer_start)(self.timer, on_timer, wait.as_millis() as u64 + 1, 0) };
+        }
+    }
+
+    fn broken(&self, why: &str) -> EngineError {
+        EngineError::new(
+            EngineErrorKind::Connection,
+            format!("connection to Redis at {} failed: {why}", self.target),
+        )
+    }
+
+    /// Fails every pending call with `err` and closes the handles (and then the socket).
+    fn shut_down(&mut self, err: &EngineError, settlements: &mut Settlements) {
+        for pending in self.pending.drain(..) {
+            settlements.push((pending.deferred, failed(err.clone())));
+        }
+        if self.closing {
+            return;
+        }
+        self.closing = true;
+        self.out.clear();
+        unsafe {
+            for (handle, close) in [
+                (self.poll, on_poll_closed as uv::HandleCb),
+                (self.timer, on_handle_closed as uv::HandleCb),
+                (self.prepare, on_handle_closed as uv::HandleCb),
+                (self.check, on_handle_closed as uv::HandleCb),
+            ] {
+                (self.uv.close)(handle, Some(close));
+            }
+            if !self.hook.is_null() {
+                if !self.env_gone {
+                    sys::napi_remove_env_cleanup_hook(
+                        self.env,
+                        Some(on_env_cleanup),
+                        self.hook as *mut c_void,
+                    );
+                }
+                drop(Rc::from_raw(self.hook));
+                self.hook = ptr::null();
+            }
+        }
+    }
+}
+
+impl Drop for Io {
+    fn drop(&mut self) {
+        if !self.env_gone {
+            unsafe {
+                sys::napi_async_destroy(self.env, self.async_context);
+                sys::napi_delete_reference(self.env, self.resource);
+            }
+        }
+    }
+}
+
+/// Queues a call and returns its promise. On the JS thread, in a napi call.
+pub(crate) fn submit(
+    io: &Rc<RefCell<Io>>,
+    env: sys::napi_env,
+    command: WireCommand,
+    op: Op,
+    deadline: Instant,
+) -> Result<sys::napi_value> {
+    let mut deferred = ptr::null_mut();
+    let mut promise = ptr::null_mut();
+    let status = unsafe { sys::napi_create_promise(env, &mut deferred, &mut promise) };
+    if status != sys::Status::napi_ok {
+        return Err(Error::new(
+            Status::GenericFailure,
+            "cannot create a promise",
+        ));
+    }
+    let mut me = io.borrow_mut();
+    let was_empty = me.pending.is_empty();
+    me.out.extend_from_slice(&command.bytes);
+    me.pending.push_back(Pending {
+        deferred,
+        op,
+        command,
+        deadline,
+    });
+    me.track_pending(was_empty);
+    me.schedule_flush();
+    Ok(promise)
+}
+
+/// Closes the lane now: pending calls reject with `err`. `env` is given when JS may run (a
+/// napi call), `None` during environment teardown (then nothing is settled).
+pub(crate) fn shut(io: &Rc<RefCell<Io>>, env: Option<sys::napi_env>, err: EngineError) {
+    let mut settlements = Vec::new();
+    let (error_classes, raw_env) = {
+        let mut me = io.borrow_mut();
+        me.shut_down(&err, &mut settlements);
+        (me.error_classes, me.env)
+    };
+    if env.is_some() {
+        for (deferred, outcome) in settlements {
+            unsafe { settle(raw_env, error_classes, deferred, outcome) };
+        }
+    }
+}
+
+/// The locker is gone: close now if idle, else once the pending calls settle.
+pub(crate) fn abandon(io: &Rc<RefCell<Io>>) {
+    let idle = {
+        let mut me = io.borrow_mut();
+        me.abandoned = true;
+        me.pending.is_empty()
+    };
+    if idle {
+        shut(io, None, closed_error());
+    }
+}
+
+pub(crate) fn closed_error() -> EngineError {
+    EngineError::closed()
+}
+
+/// Runs `body` with the Io borrowed, then settles what it produced in a callback scope (the
+/// microtasks of the settled promises run when the scope closes).
+unsafe fn with_io(handle: *mut Handle, body: impl FnOnce(&mut Io, &mut Settlements)) {
+    let Some(uv) = uv::uv() else { return };
+    let data = unsafe { (uv.get_data)(handle) } as *const RefCell<Io>;
+    if data.is_null() {
+        return;
+    }
+    let cell = unsafe { &*data };
+    let mut settlements = Vec::new();
+    let (env, error_classes, resource, async_context, close_now) = {
+        let mut me = cell.borrow_mut();
+        if me.closing {
+            return;
+        }
+        let was_empty = me.pending.is_empty();
+        body(&mut me, &mut settlements);
+        me.track_pending(was_empty);
+        let close_now = me.abandoned && me.pending.is_empty() && !me.closing;
+        (
+            me.env,
+            me.error_classes,
+            me.resource,
+            me.async_context,
+            close_now,
+        )
+    };
+    if close_now {
+        cell.borrow_mut()
+            .shut_down(&closed_error(), &mut settlements);
+    }
+    if settlements.is_empty() {
+        return;
+    }
+    unsafe {
+        let mut handle_scope = ptr::null_mut();
+        sys::napi_open_handle_scope(env, &mut handle_scope);
+        let mut object = ptr::null_mut();
+        sys::napi_get_reference_value(env, resource, &mut object);
+        let mut callback_scope = ptr::null_mut();
+        sys::napi_open_callback_scope(env, object, async_context, &mut callback_scope);
+        for (deferred, outcome) in settlements {
+            settle(env, error_classes, deferred, outcome);
+        }
+        sys::napi_close_callback_scope(env, callback_scope);
+        sys::napi_close_handle_scope(env, handle_scope);
+    }
+}
+
+unsafe extern "C" fn on_poll(handle: *mut Handle, status: c_int, events: c_int) {
+    unsafe {
+        with_io(handle, |io, settlements| {
+            let outcome = if status < 0 {
+                Err(io.broken(&format!("poll error {status}")))
+            } else {
+                let mut result = Ok(());
+                if events & uv::WRITABLE != 0 {
+                    result = io.flush();
+                }
+                if result.is_ok() && events & uv::READABLE != 0 {
+                    result = io.read(settlements);
+                }
+                result
+            };
+            if let Err(err) = outcome {
+                io.shut_down(&err, settlements);
+            }
+        })
+    };
+}
+
+unsafe extern "C" fn on_flush(handle: *mut Handle) {
+    unsafe {
+        with_io(handle, |io, settlements| {
+            if let Err(err) = io.flush() {
+                io.shut_down(&err, settlements);
+            }
+        })
+    };
+}
+
+unsafe extern "C" fn on_timer(handle: *mut Handle) {
+    unsafe {
+        with_io(handle, |io, settlements| {
+            let expired = io
+                .pending
+                .front()
+                .is_some_and(|p| p.deadline <= Instant::now());
+            if expired {
+                let err = io.locker_timeout_error();
+                io.shut_down(&err, settlements);
+            } else {
+                io.arm_timer();
+            }
+        })
+    };
+}
+
+impl Io {
+    fn locker_timeout_error(&self) -> EngineError {
+        let timeout = self
+            .locker
+            .plain_server()
+            .map(|c| c.command_timeout)
+            .unwrap_or_default();
+        EngineError::new(
+            EngineErrorKind::Timeout,
+            format!(
+                "Redis at {} did not answer within {} ms",
+                self.target,
+                timeout.as_millis()
+            ),
+        )
+    }
+}
+
+/// A handle finished closing: give back its count on the Io, free its memory.
+unsafe extern "C" fn on_handle_closed(handle: *mut Handle) {
+    let Some(uv) = uv::uv() else { return };
+    let data = unsafe { (uv.get_data)(handle) } as *const RefCell<Io>;
+    uv.free_handle(handle);
+    if !data.is_null() {
+        drop(unsafe { Rc::from_raw(data) });
+    }
+}
+
+unsafe extern "C" fn on_poll_closed(handle: *mut Handle) {
+    // The socket may close only once its poll handle is closed.
+    let Some(uv) = uv::uv() else { return };
+    let data = unsafe { (uv.get_data)(handle) } as *const RefCell<Io>;
+    if !data.is_null()
+        && let Ok(mut io) = unsafe { &*data }.try_borrow_mut()
+    {
+        io.stream = None;
+    }
+    unsafe { on_handle_closed(handle) };
+}
+
+/// Node is tearing the environment down: close the handles (no JS may run any more).
+unsafe extern "C" fn on_env_cleanup(arg: *mut c_void) {
+    let cell = arg as *const RefCell<Io>;
+    if cell.is_null() {
+        return;
+    }
+    let mut ignored = Vec::new();
+    if let Ok(mut io) = unsafe { &*cell }.try_borrow_mut() {
+        io.env_gone = true;
+        // shut_down drops this hook's count (the hook itself is being run, so not removed).
+        io.shut_down(&closed_error(), &mut ignored);
+    }
+    // The deferreds of `ignored` die with the environment.
+}
+
+unsafe fn async_context(env: sys::napi_env) -> Option<(sys::napi_async_context, sys::napi_ref)> {
+    unsafe {
+        let mut resource = ptr::null_mut();
+        sys::napi_create_object(env, &mut resource);
+        let mut reference = ptr::null_mut();
+        sys::napi_create_reference(env, resource, 1, &mut reference);
+        let name = "simple-distributed-lock";
+        let mut name_value = ptr::null_mut();
+        sys::napi_create_string_utf8(
+            env,
+            name.as_ptr().cast(),
+            name.len() as isize,
+            &mut name_value,
+        );
+        let mut context = ptr::null_mut();
+        if sys::napi_async_init(env, resource, name_value, &mut context) != sys::Status::napi_ok {
+            sys::napi_delete_reference(env, reference);
+            return None;
+        }
+        Some((context, reference))
+    }
+}
+
+#[cfg(unix)]
+fn raw_fd(stream: &RawStream) -> Option<c_int> {
+    use std::os::fd::AsRawFd;
+    Some(match stream {
+        RawStream::Tcp(s) => s.as_raw_fd(),
+        RawStream::Unix(s) => s.as_raw_fd(),
+    })
+}
+
+#[cfg(not(unix))]
+fn raw_fd(_: &RawStream) -> Option<c_int> {
+    None
+}
+
+fn set_nonblocking(stream: &RawStream) -> std::io::Result<()> {
+    match stream {
+        RawStream::Tcp(s) => s.set_nonblocking(true),
+        #[cfg(unix)]
+        RawStream::Unix(s) => s.set_nonblocking(true),
+    }
+}
+
+fn write(stream: &mut RawStream, bytes: &[u8]) -> std::io::Result<usize> {
+    match stream {
+        RawStream::Tcp(s) => s.write(bytes),
+        #[cfg(unix)]
+        RawStream::Unix(s) => s.write(bytes),
+    }
+}
+
+fn read(stream: &mut RawStream, into: &mut [u8]) -> std::io::Result<usize> {
+    match stream {
+        RawStream::Tcp(s) => s.read(into),
+        #[cfg(unix)]
+        RawStream::Unix(s) => s.read(into),
+    }
+}
