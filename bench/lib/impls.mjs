@@ -1,0 +1,301 @@
+// @ts-check
+// The implementations under test, behind one small interface:
+//   acquire(resource, ttl) -> handle | null      one attempt, no retries, no auto-extension
+//   release(resource, handle) -> boolean
+//   withLock(resource, fn)                       scenario 3: the library's own idiomatic
+//                                                "acquire with retries" call, default settings;
+//                                                throws GaveUpError when the library gives up
+//   hold(resource, ttl) -> Held                  scenario 4: auto-extension the library's own way
+// A member is null where the library cannot do it (shown as "n/a").
+
+// Each library is imported only by the process that measures it (so its code and heap are not
+// in the other libraries' numbers).
+
+import { randomBytes } from 'node:crypto';
+import { createRequire } from 'node:module';
+import { Redis } from 'ioredis';
+
+const require = createRequire(import.meta.url);
+
+/** The library gave up waiting (its default retry budget ran out). */
+export class GaveUpError extends Error {}
+
+/**
+ * @typedef {object} Held
+ * @property {() => Promise<void>} release
+ * @property {() => boolean} lost whether the library reported the lock lost (false if it cannot tell)
+ */
+
+/**
+ * @typedef {object} Impl
+ * @property {string} name
+ * @property {(resource: string) => string} redisKey the Redis key the library locks for `resource`
+ * @property {(resource: string, ttl: number) => Promise<unknown>} acquire a handle, or null if held
+ * @property {(resource: string, handle: any) => Promise<boolean>} release
+ * @property {((resource: string, fn: () => Promise<void>) => Promise<void>) | null} withLock
+ * @property {string} withLockHow
+ * @property {((resource: string, ttl: number) => Promise<Held>) | null} hold
+ * @property {string} holdHow
+ * @property {() => number | null} lostCount losses the library reported (null: it cannot report them)
+ * @property {() => Promise<void>} close
+ */
+
+/** What `--impls` accepts for scenarios 1-4, in report order. */
+export const SINGLE_IMPLS = ['ioredis', 'v1', 'v2', 'redlock', 'redis-semaphore'];
+/** Also accepted (not run by default): v2 without fencing counters. */
+export const EXTRA_IMPLS = ['v2-nofence'];
+
+export const LABELS = /** @type {Record<string, string>} */ ({
+  ioredis: 'ioredis (SET NX PX + EVALSHA)',
+  v1: 'v1 (simple-distributed-lock 1.x on ioredis)',
+  v2: 'v2 (this package, Rust engine)',
+  'v2-nofence': 'v2, fencing: false',
+  redlock: 'redlock 5.0.0-beta.2',
+  'redis-semaphore': 'redis-semaphore 5 (Mutex)',
+});
+
+const RELEASE_SCRIPT = 'if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) else return 0 end';
+
+/** @param {number} ms */
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** @param {number} port @param {boolean} [lazy] */
+export function ioredisClient(port, lazy = false) {
+  return new Redis({ host: '127.0.0.1', port, lazyConnect: lazy, maxRetriesPerRequest: 3 });
+}
+
+/**
+ * @param {string} name one of SINGLE_IMPLS / EXTRA_IMPLS
+ * @param {number[]} ports one server, or (v2, redlock) the masters of a Redlock group
+ * @returns {Promise<Impl>}
+ */
+export async function createImpl(name, ports) {
+  if (ports.length > 1 && name !== 'v2' && name !== 'redlock') throw new Error(`${name} cannot run over ${ports.length} masters`);
+  switch (name) {
+    case 'ioredis':
+      return plainIoredis(ports[0]);
+    case 'v1':
+      return v1(ports[0]);
+    case 'v2':
+    case 'v2-nofence':
+      return v2(ports, name === 'v2');
+    case 'redlock':
+      return redlock(ports);
+    case 'redis-semaphore':
+      return semaphore(ports[0]);
+    default:
+      throw new Error(`unknown implementation "${name}"`);
+  }
+}
+
+/** The floor for any JS client: SET NX PX, and a compare-and-delete script loaded once, by EVALSHA. @param {number} port @returns {Promise<Impl>} */
+async function plainIoredis(port) {
+  const redis = ioredisClient(port);
+  const sha = /** @type {string} */ (await redis.script('LOAD', RELEASE_SCRIPT));
+  const key = (/** @type {string} */ resource) => `lock:${resource}`;
+  /** @param {string} resource @param {number} ttl */
+  const acquire = async (resource, ttl) => {
+    const token = randomBytes(16).toString('hex');
+    return (await redis.set(key(resource), token, 'PX', ttl, 'NX')) === 'OK' ? token : null;
+  };
+  /** @param {string} resource @param {string} token */
+  const release = async (resource, token) => (await redis.evalsha(sha, 1, key(resource), token)) === 1;
+  return {
+    name: 'ioredis',
+    redisKey: key,
+    acquire,
+    release,
+    // Not a library: a plain polling loop (SET NX every 50 ms), shown for reference only.
+    withLock: async (resource, fn) => {
+      let token;
+      while (!(token = await acquire(resource, 10000))) await sleep(50);
+      try {
+        await fn();
+      } finally {
+        await release(resource, token);
+      }
+    },
+    withLockHow: 'a plain loop: SET NX PX 10000, retry every 50 ms (reference only; the floor is the formula)',
+    hold: null,
+    holdHow: 'n/a: no auto-extension in a bare client',
+    lostCount: () => null,
+    close: async () => void redis.disconnect(),
+  };
+}
+
+/** @param {number} port @returns {Promise<Impl>} */
+async function v1(port) {
+  /** @type {typeof import('../../__test__/fixtures/v1-lock.cjs')} */
+  const { V1Lock } = require('../../__test__/fixtures/v1-lock.cjs');
+  const redis = ioredisClient(port);
+  await redis.ping();
+  const lock = new V1Lock(redis);
+  return {
+    name: 'v1',
+    redisKey: (resource) => `lock:${resource}`,
+    acquire: (resource, ttl) => lock.acquire(resource, { ttl }),
+    release: (resource, token) => lock.release(resource, token),
+    withLock: (resource, fn) => lock.using(resource, fn, { retryCount: Infinity }),
+    withLockHow: 'lock.using(r, fn, { retryCount: Infinity }): default retryDelay 200 ms (the default retryCount 0 would not wait at all)',
+    hold: async (resource, ttl) => {
+      const token = await lock.acquire(resource, { ttl, autoExtend: true });
+      if (!token) throw new Error(`v1: could not acquire ${resource}`);
+      return { release: async () => void (await lock.release(resource, token)), lost: () => false };
+    },
+    holdHow: 'lock.acquire(r, { ttl, autoExtend: true }): a setInterval per lock every floor(ttl/2)',
+    lostCount: () => null,
+    close: async () => void redis.disconnect(),
+  };
+}
+
+/** @param {number[]} ports @param {boolean} fencing @returns {Promise<Impl>} */
+async function v2(ports, fencing) {
+  const { Lock } = await import('simple-distributed-lock');
+  let lost = 0;
+  const onLockLost = () => void lost++;
+  // As a v1 caller would: an ioredis instance (lazy, so it never opens a socket; the engine only
+  // reads its options). A Redlock group is given as URLs.
+  const lock =
+    ports.length === 1
+      ? new Lock(ioredisClient(ports[0], true), { onLockLost, fencing })
+      : new Lock(ports.map((p) => `redis://127.0.0.1:${p}`), { onLockLost, fencing });
+  await lock.isLocked('bench:warm-connection');
+  return {
+    name: fencing ? 'v2' : 'v2-nofence',
+    redisKey: (resource) => `lock:${resource}`,
+    acquire: (resource, ttl) => lock.acquire(resource, { ttl }),
+    release: (resource, token) => lock.release(resource, token),
+    withLock: (resource, fn) => lock.using(resource, () => fn(), { retryCount: Infinity }),
+    withLockHow: 'lock.using(r, fn, { retryCount: Infinity }): default retryDelay 200 ms, plus its release notifications',
+    hold: async (resource, ttl) => {
+      const token = await lock.acquire(resource, { ttl, autoExtend: true });
+      if (!token) throw new Error(`v2: could not acquire ${resource}`);
+      return { release: async () => void (await lock.release(resource, token)), lost: () => false };
+    },
+    holdHow: 'lock.acquire(r, { ttl, autoExtend: true }): one engine scheduler for all leases',
+    lostCount: () => lost,
+    close: () => lock.close(),
+  };
+}
+
+/** @param {number[]} ports @returns {Promise<Impl>} */
+async function redlock(ports) {
+  const { default: Redlock, ExecutionError } = await import('redlock');
+  const clients = ports.map((p) => ioredisClient(p));
+  await Promise.all(clients.map((c) => c.ping()));
+  const rl = new Redlock(clients);
+  // Redlock emits every failed attempt (ResourceLockedError) as 'error'; its README says to listen.
+  rl.on('error', () => {});
+  const key = (/** @type {string} */ resource) => `lock:${resource}`;
+  return {
+    name: 'redlock',
+    redisKey: key,
+    acquire: async (resource, ttl) => {
+      try {
+        return await rl.acquire([key(resource)], ttl, { retryCount: 0 });
+      } catch (err) {
+        if (err instanceof ExecutionError) return null;
+        throw err;
+      }
+    },
+    release: async (_resource, lock) => {
+      try {
+        await lock.release();
+        return true;
+      } catch (err) {
+        if (err instanceof ExecutionError) return false;
+        throw err;
+      }
+    },
+    withLock: async (resource, fn) => {
+      try {
+        await rl.using([key(resource)], 10000, () => fn());
+      } catch (err) {
+        // Thrown by the acquire after retryCount attempts (the routine itself never throws it).
+        if (err instanceof ExecutionError) throw new GaveUpError(err.message);
+        throw err;
+      }
+    },
+    withLockHow: 'redlock.using([key], 10000, fn): defaults retryCount 10, retryDelay 200 ms, retryJitter 100 ms',
+    hold: async (resource, ttl) => {
+      /** @type {() => void} */
+      let letGo = () => {};
+      const gate = new Promise((/** @type {(v?: unknown) => void} */ resolve) => (letGo = resolve));
+      /** @type {import('redlock').RedlockAbortSignal | undefined} */
+      let signal;
+      /** @type {() => void} */
+      let onAcquired = () => {};
+      const acquired = new Promise((/** @type {(v?: unknown) => void} */ resolve) => (onAcquired = resolve));
+      const done = rl.using([key(resource)], ttl, async (s) => {
+        signal = s;
+        onAcquired();
+        await gate;
+      });
+      await Promise.race([acquired, done]);
+      if (!signal) throw new Error(`redlock: could not acquire ${resource}`);
+      const held = /** @type {import('redlock').RedlockAbortSignal} */ (signal);
+      return {
+        release: async () => {
+          letGo();
+          await done;
+        },
+        lost: () => held.aborted,
+      };
+    },
+    holdHow: 'redlock.using([key], ttl, routine): extends when 500 ms are left (automaticExtensionThreshold)',
+    lostCount: () => null,
+    close: async () => clients.forEach((c) => c.disconnect()),
+  };
+}
+
+/** @param {number} port @returns {Promise<Impl>} */
+async function semaphore(port) {
+  const { Mutex, TimeoutError: SemaphoreTimeoutError } = await import('redis-semaphore');
+  const redis = ioredisClient(port);
+  await redis.ping();
+  let lost = 0;
+  const onLockLost = () => void lost++;
+  return {
+    name: 'redis-semaphore',
+    redisKey: (resource) => `mutex:${resource}`,
+    acquire: async (resource, ttl) => {
+      // One attempt and no refresh timer: the same operation as the others' plain acquire.
+      const mutex = new Mutex(redis, resource, { lockTimeout: ttl, acquireAttemptsLimit: 1, refreshInterval: 0, onLockLost });
+      return (await mutex.tryAcquire()) ? mutex : null;
+    },
+    release: async (_resource, mutex) => {
+      await mutex.release();
+      return true; // Mutex.release() does not say whether it still owned the lock
+    },
+    withLock: async (resource, fn) => {
+      const mutex = new Mutex(redis, resource, { onLockLost });
+      try {
+        await mutex.acquire();
+      } catch (err) {
+        if (err instanceof SemaphoreTimeoutError) throw new GaveUpError(err.message);
+        throw err;
+      }
+      try {
+        await fn();
+      } finally {
+        await mutex.release();
+      }
+    },
+    withLockHow: 'new Mutex(redis, r).acquire(): defaults retryInterval 10 ms, acquireTimeout 10 s, lockTimeout 10 s',
+    hold: async (resource, ttl) => {
+      let wasLost = false;
+      const mutex = new Mutex(redis, resource, {
+        lockTimeout: ttl,
+        onLockLost: () => {
+          wasLost = true;
+          lost++;
+        },
+      });
+      await mutex.acquire();
+      return { release: () => mutex.release(), lost: () => wasLost };
+    },
+    holdHow: 'new Mutex(redis, r, { lockTimeout: ttl }).acquire(): refresh every 0.8 × ttl (its default)',
+    lostCount: () => lost,
+    close: async () => void redis.disconnect(),
+  };
+}
