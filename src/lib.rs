@@ -177,7 +177,11 @@ impl NativeLocker {
         if let Some(lane) = self.lane.open(env) {
             return raw_promise(
                 env,
-                lane.submit(env, wire::release_command(&key, &token), Op::Flag),
+                lane.submit(
+                    env,
+                    wire::release_command(&key, &token),
+                    Op::Release { key: key.clone() },
+                ),
             );
         }
         let inner = self.inner.clone();

@@ -46,7 +46,9 @@ pub(crate) enum Op {
         ttl: Duration,
         sent_at: tokio::time::Instant,
     },
-    /// release, EXISTS: `1` is true.
+    /// A release: `1` is true, and wakes this Locker's waiters for the key.
+    Release { key: String },
+    /// EXISTS: `1` is true.
     Flag,
 }
 
@@ -253,6 +255,15 @@ impl Io {
         let outcome = match pending.op {
             Op::Flag => match wire::is_one(&reply) {
                 Ok(flag) => Outcome::Flag(flag),
+                Err(bad) => failed(EngineError::new(EngineErrorKind::Redis, bad)),
+            },
+            Op::Release { key } => match wire::is_one(&reply) {
+                Ok(released) => {
+                    if released {
+                        self.locker.note_released(&key);
+                    }
+                    Outcome::Flag(released)
+                }
                 Err(bad) => failed(EngineError::new(EngineErrorKind::Redis, bad)),
             },
             Op::Extend {

@@ -251,7 +251,19 @@ impl Locker {
     pub async fn release(&self, key: &str, token: &str) -> EngineResult<bool> {
         self.leases.forget(key, token);
         self.ensure_open()?;
-        self.backend.release(key, token).await
+        let released = self.backend.release(key, token).await?;
+        if released {
+            self.note_released(key);
+        }
+        Ok(released)
+    }
+
+    /// A release of `key` succeeded (here or through a caller's own connection): waiters of
+    /// this Locker retry at once (other processes hear of it through Redis).
+    pub fn note_released(&self, key: &str) {
+        if let Some(waiters) = self.waiters.get() {
+            waiters.released_here(&keys::released_channel(key));
+        }
     }
 
     /// Sets the lock's TTL to `ttl` if `token` still owns it. Never re-creates an expired key.

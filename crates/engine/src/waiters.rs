@@ -72,6 +72,12 @@ impl Drop for WaitGuard {
 }
 
 impl Waiters {
+    /// A lock this process released: its local waiters retry at once, without waiting for the
+    /// release's publication to come back from Redis.
+    pub(crate) fn released_here(&self, channel: &str) {
+        self.inner.wake(channel);
+    }
+
     pub(crate) fn new(backend: Arc<Backend>, cancel: CancellationToken) -> Self {
         let (connect_timeout, command_timeout) = backend.timeouts();
         Self {
