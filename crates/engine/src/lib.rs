@@ -28,6 +28,7 @@ pub use config::{
 pub use error::{EngineError, EngineResult, ErrorKind};
 pub use leases::{DEFAULT_DRIFT_FACTOR, LostCallback, LostLease, LostReason, safety_margin};
 pub use locker::{AcquireOptions, Acquired, Locker, LockerOptions, RetryPolicy};
+pub use quorum::Tally;
 pub use sentinel::SentinelConfig;
 pub use token::new_token;
 /// Cancels a waiting `acquire` (the binding wires an `AbortSignal` to one).

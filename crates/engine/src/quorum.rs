@@ -195,19 +195,15 @@ impl Quorum {
             .enumerate()
             .map(|(index, attempt)| attempt.map(move |outcome| (index, outcome)))
             .collect();
-        let needed = self.needed;
-        let total = attempts.len();
-        let mut yes = Vec::new();
-        let mut no = 0;
-        let mut failed: Vec<(usize, EngineError)> = Vec::new();
+        let mut tally = Tally::new(attempts.len());
         let deadline = until.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         let mut timed_out = false;
-        while yes.len() < needed && yes.len() + (total - yes.len() - no - failed.len()) >= needed {
+        while !tally.decided() {
             tokio::select! {
                 next = pending.next() => match next {
-                    Some((_, Ok(Some(value)))) => yes.push(value),
-                    Some((_, Ok(None))) => no += 1,
-                    Some((index, Err(err))) => failed.push((index, err)),
+                    Some((_, Ok(Some(value)))) => tally.yes(value),
+                    Some((_, Ok(None))) => tally.no(),
+                    Some((index, Err(err))) => tally.failed(self.nodes[index].target(), err),
                     None => break,
                 },
                 _ = tokio::time::sleep_until(deadline) => {
@@ -216,17 +212,70 @@ impl Quorum {
                 }
             }
         }
-        if yes.len() >= needed && !timed_out {
-            return Ok(Some(yes));
+        tally.outcome(what, timed_out)
+    }
+}
+
+/// A Redlock call's answers so far, and what they decide. Shared by the engine's fan-out and by
+/// callers that send the commands themselves (the Node binding's event-loop lane).
+pub struct Tally<T> {
+    needed: usize,
+    total: usize,
+    yes: Vec<T>,
+    no: usize,
+    failed: Vec<(String, EngineError)>,
+}
+
+impl<T> Tally<T> {
+    /// For `total` masters; a majority is `total / 2 + 1`.
+    pub fn new(total: usize) -> Self {
+        Self {
+            needed: total / 2 + 1,
+            total,
+            yes: Vec::new(),
+            no: 0,
+            failed: Vec::new(),
         }
-        if no > 0 {
+    }
+
+    pub fn yes(&mut self, value: T) {
+        self.yes.push(value);
+    }
+
+    pub fn no(&mut self) {
+        self.no += 1;
+    }
+
+    /// A master failed to answer (`target` names it in the error, without secrets).
+    pub fn failed(&mut self, target: &str, err: EngineError) {
+        self.failed.push((target.to_owned(), err));
+    }
+
+    fn unanswered(&self) -> usize {
+        self.total - self.yes.len() - self.no - self.failed.len()
+    }
+
+    /// Whether the answers so far decide: a majority said yes, or no majority is possible.
+    pub fn decided(&self) -> bool {
+        self.yes.len() >= self.needed || self.yes.len() + self.unanswered() < self.needed
+    }
+
+    /// `Some(values)`: a majority said yes (and the validity time did not run out first).
+    /// `None`: not, and at least one master said no (the lock is someone else's). An error
+    /// naming the failed masters when failures alone kept the majority out of reach.
+    pub fn outcome(self, what: &str, timed_out: bool) -> EngineResult<Option<Vec<T>>> {
+        if self.yes.len() >= self.needed && !timed_out {
+            return Ok(Some(self.yes));
+        }
+        if self.no > 0 {
             return Ok(None);
         }
-        let mut reasons: Vec<String> = failed
+        let silent = self.unanswered();
+        let mut reasons: Vec<String> = self
+            .failed
             .iter()
-            .map(|(index, err)| format!("{} ({})", self.nodes[*index].target(), err.message()))
+            .map(|(target, err)| format!("{target} ({})", err.message()))
             .collect();
-        let silent = total - yes.len() - no - failed.len();
         if timed_out && silent > 0 {
             reasons.push(format!(
                 "{silent} master(s) did not answer within the validity time"
@@ -235,8 +284,10 @@ impl Quorum {
         Err(EngineError::new(
             ErrorKind::Quorum,
             format!(
-                "no quorum to {what}: {needed} of {total} masters needed, {} agreed; {}",
-                yes.len(),
+                "no quorum to {what}: {} of {} masters needed, {} agreed; {}",
+                self.needed,
+                self.total,
+                self.yes.len(),
                 reasons.join("; ")
             ),
         ))
