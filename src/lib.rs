@@ -25,8 +25,7 @@ use sdl_engine::{
 
 use completions::{Completions, Grant, Outcome};
 use errors::{failed, invalid_arg, to_js_error};
-use lane::{Lane, Op};
-use sdl_engine::wire;
+use lane::{Lane, LaneCall};
 pub use settings::{
     ConnectionSettings, LockerSettings, TlsSettings, TopologySettings, WaitSettings,
 };
@@ -174,15 +173,14 @@ impl NativeLocker {
         token: String,
     ) -> Result<PromiseRaw<'env, bool>> {
         self.inner.stop_tracking(&key, &token);
-        if let Some(lane) = self.lane.open(env) {
-            return raw_promise(
-                env,
-                lane.submit(
-                    env,
-                    wire::release_command(&key, &token),
-                    Op::Release { key: key.clone() },
-                ),
-            );
+        if let Some(raw) = self.lane.call(
+            env,
+            LaneCall::Release {
+                key: &key,
+                token: &token,
+            },
+        ) {
+            return raw_promise(env, raw);
         }
         let inner = self.inner.clone();
         self.promise(env, async move { flag(inner.release(&key, &token).await) })
@@ -198,14 +196,13 @@ impl NativeLocker {
         ttl_ms: u32,
     ) -> Result<PromiseRaw<'env, bool>> {
         let ttl = ttl(ttl_ms)?;
-        if let Some(lane) = self.lane.open(env) {
-            let command = wire::extend_command(&key, &token, ttl);
-            let op = Op::Extend {
-                token,
-                ttl,
-                sent_at: tokio::time::Instant::now(),
-            };
-            return raw_promise(env, lane.submit(env, command, op));
+        let call = LaneCall::Extend {
+            key: &key,
+            token: &token,
+            ttl,
+        };
+        if let Some(raw) = self.lane.call(env, call) {
+            return raw_promise(env, raw);
         }
         let inner = self.inner.clone();
         self.promise(
@@ -217,8 +214,8 @@ impl NativeLocker {
     /// Whether anybody holds the lock at `key`.
     #[napi(catch_unwind, ts_return_type = "Promise<boolean>")]
     pub fn is_locked<'env>(&self, env: &'env Env, key: String) -> Result<PromiseRaw<'env, bool>> {
-        if let Some(lane) = self.lane.open(env) {
-            return raw_promise(env, lane.submit(env, wire::exists_command(&key), Op::Flag));
+        if let Some(raw) = self.lane.call(env, LaneCall::Exists { key: &key }) {
+            return raw_promise(env, raw);
         }
         let inner = self.inner.clone();
         self.promise(env, async move { flag(inner.is_locked(&key).await) })
@@ -266,23 +263,17 @@ impl NativeLocker {
         auto_extend: bool,
         lease: bool,
     ) -> Option<Result<PromiseRaw<'env, T>>> {
-        let lane = self.lane.open(env)?;
         let ttl = match ttl(ttl_ms) {
             Ok(ttl) => ttl,
             Err(err) => return Some(Err(err)),
         };
-        let token = sdl_engine::new_token();
-        let command = wire::acquire_command(key, &token, ttl, self.inner.fencing());
-        let op = Op::Acquire {
-            key: key.to_owned(),
-            token,
+        let call = LaneCall::Acquire {
+            key,
             ttl,
-            sent_at: tokio::time::Instant::now(),
             auto_extend,
-            watch: lease,
             lease,
         };
-        Some(raw_promise(env, lane.submit(env, command, op)))
+        self.lane.call(env, call).map(|raw| raw_promise(env, raw))
     }
 
     /// Runs `work` on the runtime; its outcome settles the returned promise.

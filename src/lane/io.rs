@@ -24,6 +24,7 @@ use napi::sys;
 use sdl_engine::wire::{self, RawStream, Reply, ReplyReader, WireCommand};
 use sdl_engine::{EngineError, ErrorKind as EngineErrorKind, Locker};
 
+use super::quorum::QuorumCall;
 use super::uv::{self, Handle, Uv};
 use crate::completions::{Grant, Outcome, settle};
 use crate::errors::failed;
@@ -52,11 +53,29 @@ pub(crate) enum Op {
     Flag,
 }
 
+/// Whom a reply answers.
+enum Target {
+    /// A call's own promise.
+    Promise(sys::napi_deferred),
+    /// Master `usize`'s part of a Redlock call.
+    Member(Rc<RefCell<QuorumCall>>, usize),
+    /// Nobody: a clean-up release after a refused Redlock acquire.
+    Ignore,
+}
+
 struct Pending {
-    deferred: sys::napi_deferred,
+    target: Target,
     op: Op,
     command: WireCommand,
     deadline: Instant,
+}
+
+/// What handling replies produced, acted on once no `Io` is borrowed: promises to settle, and
+/// commands to queue on (other) masters' sockets.
+#[derive(Default)]
+pub(crate) struct Effects {
+    pub(crate) settlements: Vec<(sys::napi_deferred, Outcome)>,
+    pub(crate) sends: Vec<(Rc<RefCell<Io>>, WireCommand)>,
 }
 
 pub(crate) struct Io {
@@ -82,9 +101,8 @@ pub(crate) struct Io {
     error_classes: sys::napi_ref,
     locker: Arc<Locker>,
     target: String,
+    command_timeout: Duration,
 }
-
-type Settlements = Vec<(sys::napi_deferred, Outcome)>;
 
 impl Io {
     /// Puts an opened socket on this environment's event loop. `None` if libuv refuses.
@@ -94,6 +112,7 @@ impl Io {
         locker: Arc<Locker>,
         error_classes: sys::napi_ref,
         target: String,
+        command_timeout: Duration,
     ) -> Option<Rc<RefCell<Io>>> {
         let uv = uv::uv()?;
         let fd = raw_fd(&stream)?;
@@ -126,6 +145,7 @@ impl Io {
             error_classes,
             locker,
             target,
+            command_timeout,
         }));
         let started = {
             let me = io.borrow();
@@ -204,7 +224,7 @@ impl Io {
     }
 
     /// Reads what arrived and pairs replies with pending calls.
-    fn read(&mut self, settlements: &mut Settlements) -> std::result::Result<(), EngineError> {
+    fn read(&mut self, effects: &mut Effects) -> std::result::Result<(), EngineError> {
         let mut chunk = [0u8; 16 * 1024];
         loop {
             let Some(stream) = self.stream.as_mut() else {
@@ -229,7 +249,7 @@ impl Io {
                     let Some(pending) = self.pending.pop_front() else {
                         return Err(self.broken("a reply came that nothing asked for"));
                     };
-                    self.answer(pending, reply, settlements);
+                    self.answer(pending, reply, effects);
                 }
                 Ok(None) => return Ok(()),
                 Err(bad) => return Err(self.broken(&bad)),
@@ -237,47 +257,61 @@ impl Io {
         }
     }
 
-    fn answer(&mut self, pending: Pending, reply: Reply, settlements: &mut Settlements) {
-        if let Reply::Error(message) = &reply {
-            if message.starts_with("NOSCRIPT")
-                && let Some(eval) = pending.command.eval_fallback()
-            {
-                // The server lost its script cache (a restart): send the script itself.
-                self.out.extend_from_slice(&eval);
-                self.pending.push_back(pending);
-                self.schedule_flush();
-                return;
-            }
-            let err = wire::reply_error(message, &self.target);
-            settlements.push((pending.deferred, failed(err)));
+    fn answer(&mut self, pending: Pending, reply: Reply, effects: &mut Effects) {
+        if let Reply::Error(message) = &reply
+            && message.starts_with("NOSCRIPT")
+            && let Some(eval) = pending.command.eval_fallback()
+        {
+            // The server lost its script cache (a restart): send the script itself.
+            self.out.extend_from_slice(&eval);
+            self.pending.push_back(pending);
+            self.schedule_flush();
             return;
         }
-        let outcome = match pending.op {
-            Op::Flag => match wire::is_one(&reply) {
-                Ok(flag) => Outcome::Flag(flag),
-                Err(bad) => failed(EngineError::new(EngineErrorKind::Redis, bad)),
-            },
-            Op::Release { key } => match wire::is_one(&reply) {
+        let deferred = match pending.target {
+            Target::Promise(deferred) => deferred,
+            Target::Member(call, index) => {
+                let answer = call.borrow().answer_of(&reply, &self.target);
+                call.borrow_mut().record(index, answer, effects);
+                return;
+            }
+            Target::Ignore => return,
+        };
+        if let Reply::Error(message) = &reply {
+            let err = wire::reply_error(message, &self.target);
+            effects.settlements.push((deferred, failed(err)));
+            return;
+        }
+        let outcome = self.outcome(pending.op, &reply);
+        effects.settlements.push((deferred, outcome));
+    }
+
+    /// A single server's reply to `op`, as the call's outcome.
+    fn outcome(&self, op: Op, reply: &Reply) -> Outcome {
+        let unexpected = |bad: String| failed(EngineError::new(EngineErrorKind::Redis, bad));
+        match op {
+            Op::Flag => wire::is_one(reply).map_or_else(unexpected, Outcome::Flag),
+            Op::Release { key } => match wire::is_one(reply) {
                 Ok(released) => {
                     if released {
                         self.locker.note_released(&key);
                     }
                     Outcome::Flag(released)
                 }
-                Err(bad) => failed(EngineError::new(EngineErrorKind::Redis, bad)),
+                Err(bad) => unexpected(bad),
             },
             Op::Extend {
                 token,
                 ttl,
                 sent_at,
-            } => match wire::is_one(&reply) {
+            } => match wire::is_one(reply) {
                 Ok(extended) => {
                     if extended {
                         self.locker.note_extended(&token, sent_at, ttl);
                     }
                     Outcome::Flag(extended)
                 }
-                Err(bad) => failed(EngineError::new(EngineErrorKind::Redis, bad)),
+                Err(bad) => unexpected(bad),
             },
             Op::Acquire {
                 key,
@@ -287,7 +321,7 @@ impl Io {
                 auto_extend,
                 watch,
                 lease,
-            } => match wire::acquired(&reply) {
+            } => match wire::acquired(reply) {
                 Ok(Some(fence)) => {
                     let locker = &self.locker;
                     let deadline = napi::bindgen_prelude::within_runtime_if_available(|| {
@@ -306,10 +340,9 @@ impl Io {
                 }
                 Ok(None) if lease => Outcome::Grant(None),
                 Ok(None) => Outcome::Token(None),
-                Err(bad) => failed(EngineError::new(EngineErrorKind::Redis, bad)),
+                Err(bad) => unexpected(bad),
             },
-        };
-        settlements.push((pending.deferred, outcome));
+        }
     }
 
     fn schedule_flush(&mut self) {
@@ -354,9 +387,19 @@ impl Io {
     }
 
     /// Fails every pending call with `err` and closes the handles (and then the socket).
-    fn shut_down(&mut self, err: &EngineError, settlements: &mut Settlements) {
+    fn shut_down(&mut self, err: &EngineError, effects: &mut Effects) {
         for pending in self.pending.drain(..) {
-            settlements.push((pending.deferred, failed(err.clone())));
+            match pending.target {
+                Target::Promise(deferred) => {
+                    effects.settlements.push((deferred, failed(err.clone())))
+                }
+                Target::Member(call, index) => call.borrow_mut().record(
+                    index,
+                    super::quorum::Answer::Failed(err.clone()),
+                    effects,
+                ),
+                Target::Ignore => {}
+            }
         }
         if self.closing {
             return;
@@ -406,6 +449,29 @@ pub(crate) fn submit(
     op: Op,
     deadline: Instant,
 ) -> Result<sys::napi_value> {
+    let (deferred, promise) = new_promise(env)?;
+    enqueue(io, Target::Promise(deferred), command, op, deadline);
+    Ok(promise)
+}
+
+/// Queues master `index`'s part of a Redlock call.
+pub(crate) fn submit_member(
+    io: &Rc<RefCell<Io>>,
+    call: &Rc<RefCell<QuorumCall>>,
+    index: usize,
+    command: WireCommand,
+    deadline: Instant,
+) {
+    enqueue(
+        io,
+        Target::Member(call.clone(), index),
+        command,
+        Op::Flag,
+        deadline,
+    );
+}
+
+pub(crate) fn new_promise(env: sys::napi_env) -> Result<(sys::napi_deferred, sys::napi_value)> {
     let mut deferred = ptr::null_mut();
     let mut promise = ptr::null_mut();
     let status = unsafe { sys::napi_create_promise(env, &mut deferred, &mut promise) };
@@ -415,33 +481,73 @@ pub(crate) fn submit(
             "cannot create a promise",
         ));
     }
+    Ok((deferred, promise))
+}
+
+fn enqueue(io: &Rc<RefCell<Io>>, target: Target, command: WireCommand, op: Op, deadline: Instant) {
     let mut me = io.borrow_mut();
+    if me.closing {
+        // Only clean-up releases get here after a close; the lock expires at its ttl then.
+        return;
+    }
     let was_empty = me.pending.is_empty();
     me.out.extend_from_slice(&command.bytes);
     me.pending.push_back(Pending {
-        deferred,
+        target,
         op,
         command,
         deadline,
     });
     me.track_pending(was_empty);
     me.schedule_flush();
-    Ok(promise)
+}
+
+/// Does what handling replies asked for, once no `Io` is borrowed: queues the clean-up
+/// commands, then settles the promises in a callback scope (their microtasks run at its end).
+unsafe fn apply(
+    effects: Effects,
+    env: sys::napi_env,
+    error_classes: sys::napi_ref,
+    scope: Option<(sys::napi_ref, sys::napi_async_context)>,
+) {
+    for (io, command) in effects.sends {
+        let deadline = Instant::now() + io.borrow().command_timeout();
+        enqueue(&io, Target::Ignore, command, Op::Flag, deadline);
+    }
+    if effects.settlements.is_empty() {
+        return;
+    }
+    unsafe {
+        let mut handle_scope = ptr::null_mut();
+        sys::napi_open_handle_scope(env, &mut handle_scope);
+        let mut callback_scope = ptr::null_mut();
+        if let Some((resource, async_context)) = scope {
+            let mut object = ptr::null_mut();
+            sys::napi_get_reference_value(env, resource, &mut object);
+            sys::napi_open_callback_scope(env, object, async_context, &mut callback_scope);
+        }
+        for (deferred, outcome) in effects.settlements {
+            settle(env, error_classes, deferred, outcome);
+        }
+        if !callback_scope.is_null() {
+            sys::napi_close_callback_scope(env, callback_scope);
+        }
+        sys::napi_close_handle_scope(env, handle_scope);
+    }
 }
 
 /// Closes the lane now: pending calls reject with `err`. `env` is given when JS may run (a
 /// napi call), `None` during environment teardown (then nothing is settled).
 pub(crate) fn shut(io: &Rc<RefCell<Io>>, env: Option<sys::napi_env>, err: EngineError) {
-    let mut settlements = Vec::new();
+    let mut effects = Effects::default();
     let (error_classes, raw_env) = {
         let mut me = io.borrow_mut();
-        me.shut_down(&err, &mut settlements);
+        me.shut_down(&err, &mut effects);
         (me.error_classes, me.env)
     };
     if env.is_some() {
-        for (deferred, outcome) in settlements {
-            unsafe { settle(raw_env, error_classes, deferred, outcome) };
-        }
+        // In a napi call already: no callback scope needed, microtasks run after it returns.
+        unsafe { apply(effects, raw_env, error_classes, None) };
     }
 }
 
@@ -461,58 +567,34 @@ pub(crate) fn closed_error() -> EngineError {
     EngineError::closed()
 }
 
-/// Runs `body` with the Io borrowed, then settles what it produced in a callback scope (the
-/// microtasks of the settled promises run when the scope closes).
-unsafe fn with_io(handle: *mut Handle, body: impl FnOnce(&mut Io, &mut Settlements)) {
+/// Runs `body` with the Io borrowed, then acts on what it produced (see `apply`).
+unsafe fn with_io(handle: *mut Handle, body: impl FnOnce(&mut Io, &mut Effects)) {
     let Some(uv) = uv::uv() else { return };
     let data = unsafe { (uv.get_data)(handle) } as *const RefCell<Io>;
     if data.is_null() {
         return;
     }
     let cell = unsafe { &*data };
-    let mut settlements = Vec::new();
-    let (env, error_classes, resource, async_context, close_now) = {
+    let mut effects = Effects::default();
+    let (env, error_classes, resource, async_context) = {
         let mut me = cell.borrow_mut();
         if me.closing {
             return;
         }
         let was_empty = me.pending.is_empty();
-        body(&mut me, &mut settlements);
+        body(&mut me, &mut effects);
         me.track_pending(was_empty);
-        let close_now = me.abandoned && me.pending.is_empty() && !me.closing;
-        (
-            me.env,
-            me.error_classes,
-            me.resource,
-            me.async_context,
-            close_now,
-        )
-    };
-    if close_now {
-        cell.borrow_mut()
-            .shut_down(&closed_error(), &mut settlements);
-    }
-    if settlements.is_empty() {
-        return;
-    }
-    unsafe {
-        let mut handle_scope = ptr::null_mut();
-        sys::napi_open_handle_scope(env, &mut handle_scope);
-        let mut object = ptr::null_mut();
-        sys::napi_get_reference_value(env, resource, &mut object);
-        let mut callback_scope = ptr::null_mut();
-        sys::napi_open_callback_scope(env, object, async_context, &mut callback_scope);
-        for (deferred, outcome) in settlements {
-            settle(env, error_classes, deferred, outcome);
+        if me.abandoned && me.pending.is_empty() && !me.closing {
+            me.shut_down(&closed_error(), &mut effects);
         }
-        sys::napi_close_callback_scope(env, callback_scope);
-        sys::napi_close_handle_scope(env, handle_scope);
-    }
+        (me.env, me.error_classes, me.resource, me.async_context)
+    };
+    unsafe { apply(effects, env, error_classes, Some((resource, async_context))) };
 }
 
 unsafe extern "C" fn on_poll(handle: *mut Handle, status: c_int, events: c_int) {
     unsafe {
-        with_io(handle, |io, settlements| {
+        with_io(handle, |io, effects| {
             let outcome = if status < 0 {
                 Err(io.broken(&format!("poll error {status}")))
             } else {
@@ -521,12 +603,12 @@ unsafe extern "C" fn on_poll(handle: *mut Handle, status: c_int, events: c_int) 
                     result = io.flush();
                 }
                 if result.is_ok() && events & uv::READABLE != 0 {
-                    result = io.read(settlements);
+                    result = io.read(effects);
                 }
                 result
             };
             if let Err(err) = outcome {
-                io.shut_down(&err, settlements);
+                io.shut_down(&err, effects);
             }
         })
     };
@@ -534,9 +616,9 @@ unsafe extern "C" fn on_poll(handle: *mut Handle, status: c_int, events: c_int) 
 
 unsafe extern "C" fn on_flush(handle: *mut Handle) {
     unsafe {
-        with_io(handle, |io, settlements| {
+        with_io(handle, |io, effects| {
             if let Err(err) = io.flush() {
-                io.shut_down(&err, settlements);
+                io.shut_down(&err, effects);
             }
         })
     };
@@ -544,14 +626,14 @@ unsafe extern "C" fn on_flush(handle: *mut Handle) {
 
 unsafe extern "C" fn on_timer(handle: *mut Handle) {
     unsafe {
-        with_io(handle, |io, settlements| {
+        with_io(handle, |io, effects| {
             let expired = io
                 .pending
                 .front()
                 .is_some_and(|p| p.deadline <= Instant::now());
             if expired {
-                let err = io.locker_timeout_error();
-                io.shut_down(&err, settlements);
+                let err = io.timeout_error();
+                io.shut_down(&err, effects);
             } else {
                 io.arm_timer();
             }
@@ -560,18 +642,17 @@ unsafe extern "C" fn on_timer(handle: *mut Handle) {
 }
 
 impl Io {
-    fn locker_timeout_error(&self) -> EngineError {
-        let timeout = self
-            .locker
-            .plain_server()
-            .map(|c| c.command_timeout)
-            .unwrap_or_default();
+    fn command_timeout(&self) -> Duration {
+        self.command_timeout
+    }
+
+    fn timeout_error(&self) -> EngineError {
         EngineError::new(
             EngineErrorKind::Timeout,
             format!(
                 "Redis at {} did not answer within {} ms",
                 self.target,
-                timeout.as_millis()
+                self.command_timeout.as_millis()
             ),
         )
     }
@@ -605,13 +686,13 @@ unsafe extern "C" fn on_env_cleanup(arg: *mut c_void) {
     if cell.is_null() {
         return;
     }
-    let mut ignored = Vec::new();
+    let mut ignored = Effects::default();
     if let Ok(mut io) = unsafe { &*cell }.try_borrow_mut() {
         io.env_gone = true;
         // shut_down drops this hook's count (the hook itself is being run, so not removed).
         io.shut_down(&closed_error(), &mut ignored);
     }
-    // The deferreds of `ignored` die with the environment.
+    // The deferreds and clean-ups of `ignored` die with the environment.
 }
 
 unsafe fn async_context(env: sys::napi_env) -> Option<(sys::napi_async_context, sys::napi_ref)> {

@@ -1,17 +1,21 @@
-//! The event-loop lane: lock calls on one plain Redis server, done on the JS thread itself.
+//! The event-loop lane: the hot lock calls done on the JS thread itself, for one plain Redis
+//! server or Redlock over plain masters.
 //!
 //! Each call through the runtime crosses threads twice (JS → tokio → JS), which costs more than
 //! the round trip to Redis on a VM. The lane removes both crossings for the hot calls (a single
 //! acquire attempt, release, extend, isLocked): the call encodes its command into a buffer; the
 //! buffer is written to a socket watched by Node's own event loop (libuv), once per loop turn
 //! for everything queued (auto-pipelining); replies are parsed as they arrive and settle their
-//! promises in one callback scope. What the lane cannot do (waiting, TLS, Sentinel, cluster,
-//! Redlock, replica acknowledgement, cancellation) takes the runtime path, which also serves
-//! calls while the lane's socket is being opened (by the runtime) or after it broke.
+//! promises in one callback scope. For Redlock the call goes to every master's socket in the
+//! same turn and is decided as the replies come (see `quorum`). What the lane cannot do
+//! (waiting, TLS, Sentinel, cluster, replica acknowledgement, cancellation) takes the runtime
+//! path, which also serves calls while the lane's sockets are being opened (by the runtime), or
+//! after one broke, or while a Redlock master is down.
 //!
-//! Everything here runs on the JS thread, except the socket's opening.
+//! Everything here runs on the JS thread, except the sockets' opening.
 
 mod io;
+mod quorum;
 mod uv;
 
 use std::cell::RefCell;
@@ -21,66 +25,247 @@ use std::time::{Duration, Instant};
 
 use napi::bindgen_prelude::*;
 use napi::sys;
-use sdl_engine::wire::{self, RawStream, WireCommand};
-use sdl_engine::{EngineResult, Locker};
+use sdl_engine::wire::{self, RawStream};
+use sdl_engine::{EngineResult, Locker, ServerConfig};
 
 use io::Io;
 pub(crate) use io::Op;
+use quorum::{QuorumCall, QuorumOp};
 
-/// After the lane's socket failed to open or broke, the runtime path serves alone for this long.
+/// After a socket failed to open or broke, the runtime path serves alone for this long.
 const REOPEN_AFTER: Duration = Duration::from_secs(1);
 
-enum Phase {
-    /// Not for this deployment or platform.
-    Off,
-    Idle {
-        open_after: Option<Instant>,
+/// A call the lane can make.
+pub(crate) enum LaneCall<'a> {
+    Acquire {
+        key: &'a str,
+        ttl: Duration,
+        auto_extend: bool,
+        lease: bool,
     },
+    Release {
+        key: &'a str,
+        token: &'a str,
+    },
+    Extend {
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    },
+    Exists {
+        key: &'a str,
+    },
+}
+
+enum Phase {
+    Idle { open_after: Option<Instant> },
     Opening(Arc<Mutex<Option<EngineResult<RawStream>>>>),
     Ready(Rc<RefCell<Io>>),
 }
 
-pub(crate) struct Lane {
+/// One server's socket on the lane.
+struct Node {
+    config: ServerConfig,
     phase: RefCell<Phase>,
+}
+
+pub(crate) struct Lane {
+    /// Empty when the lane is off for this deployment or platform.
+    nodes: Vec<Node>,
+    closed: RefCell<bool>,
     locker: Arc<Locker>,
     error_classes: sys::napi_ref,
-    command_timeout: Duration,
 }
 
 impl Lane {
     /// `error_classes`: the facade's `{ code: ErrorClass }`, kept alive by the caller.
     pub(crate) fn new(locker: Arc<Locker>, error_classes: sys::napi_ref) -> Self {
-        let usable = uv::uv().is_some() && locker.plain_server().is_some() && enabled_by_env();
-        let command_timeout = locker
-            .plain_server()
-            .map(|c| c.command_timeout)
-            .unwrap_or(Duration::from_secs(1));
+        let usable = uv::uv().is_some() && enabled_by_env();
+        let nodes = match locker.plain_servers() {
+            Some(configs) if usable => configs
+                .into_iter()
+                .map(|config| Node {
+                    config: config.clone(),
+                    phase: RefCell::new(Phase::Idle { open_after: None }),
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         Self {
-            phase: RefCell::new(if usable {
-                Phase::Idle { open_after: None }
-            } else {
-                Phase::Off
-            }),
+            nodes,
+            closed: RefCell::new(false),
             locker,
             error_classes,
-            command_timeout,
         }
     }
 
-    /// The open lane, or `None`: then take the runtime path (the lane starts opening in the
-    /// background if it is idle, for later calls).
-    pub(crate) fn open(&self, env: &Env) -> Option<OpenLane> {
-        self.ready(env).map(|io| OpenLane {
-            io,
-            command_timeout: self.command_timeout,
+    /// Makes `call` on the lane if every socket it needs is open, returning the promise its
+    /// replies settle; `None` means: take the runtime path (idle sockets start opening in the
+    /// background, for later calls).
+    pub(crate) fn call(&self, env: &Env, call: LaneCall<'_>) -> Option<Result<sys::napi_value>> {
+        if self.nodes.is_empty() || *self.closed.borrow() {
+            return None;
+        }
+        let mut ios = Vec::with_capacity(self.nodes.len());
+        for node in &self.nodes {
+            // Visit every node, so all closed sockets start (re)opening, not only the first.
+            if let Some(io) = node.ready(env, &self.locker, self.error_classes) {
+                ios.push(io);
+            }
+        }
+        if ios.len() < self.nodes.len() {
+            return None;
+        }
+        let deadline = Instant::now() + self.command_timeout();
+        Some(if ios.len() == 1 {
+            self.single(env, &ios[0], call, deadline)
+        } else {
+            self.quorum(env, ios, call, deadline)
         })
     }
 
-    fn ready(&self, env: &Env) -> Option<Rc<RefCell<Io>>> {
+    fn single(
+        &self,
+        env: &Env,
+        io: &Rc<RefCell<Io>>,
+        call: LaneCall<'_>,
+        deadline: Instant,
+    ) -> Result<sys::napi_value> {
+        let now = tokio::time::Instant::now();
+        let (command, op) = match call {
+            LaneCall::Acquire {
+                key,
+                ttl,
+                auto_extend,
+                lease,
+            } => {
+                let token = sdl_engine::new_token();
+                let command = wire::acquire_command(key, &token, ttl, self.locker.fencing());
+                let op = Op::Acquire {
+                    key: key.to_owned(),
+                    token,
+                    ttl,
+                    sent_at: now,
+                    auto_extend,
+                    watch: lease,
+                    lease,
+                };
+                (command, op)
+            }
+            LaneCall::Release { key, token } => (
+                wire::release_command(key, token),
+                Op::Release {
+                    key: key.to_owned(),
+                },
+            ),
+            LaneCall::Extend { key, token, ttl } => (
+                wire::extend_command(key, token, ttl),
+                Op::Extend {
+                    token: token.to_owned(),
+                    ttl,
+                    sent_at: now,
+                },
+            ),
+            LaneCall::Exists { key } => (wire::exists_command(key), Op::Flag),
+        };
+        io::submit(io, env.raw(), command, op, deadline)
+    }
+
+    fn quorum(
+        &self,
+        env: &Env,
+        ios: Vec<Rc<RefCell<Io>>>,
+        call: LaneCall<'_>,
+        deadline: Instant,
+    ) -> Result<sys::napi_value> {
+        let now = tokio::time::Instant::now();
+        let (op, command): (QuorumOp, Box<dyn Fn() -> wire::WireCommand>) = match call {
+            LaneCall::Acquire {
+                key,
+                ttl,
+                auto_extend,
+                lease,
+            } => {
+                let token = sdl_engine::new_token();
+                let fencing = self.locker.fencing();
+                let (k, t) = (key.to_owned(), token.clone());
+                let command = Box::new(move || wire::acquire_command(&k, &t, ttl, fencing));
+                let op = QuorumOp::Acquire {
+                    key: key.to_owned(),
+                    token,
+                    ttl,
+                    sent_at: now,
+                    auto_extend,
+                    watch: lease,
+                    lease,
+                };
+                (op, command)
+            }
+            LaneCall::Release { key, token } => {
+                let (k, t) = (key.to_owned(), token.to_owned());
+                let op = QuorumOp::Release {
+                    key: key.to_owned(),
+                };
+                (op, Box::new(move || wire::release_command(&k, &t)))
+            }
+            LaneCall::Extend { key, token, ttl } => {
+                let (k, t) = (key.to_owned(), token.to_owned());
+                let op = QuorumOp::Extend {
+                    token: token.to_owned(),
+                    ttl,
+                    sent_at: now,
+                };
+                (op, Box::new(move || wire::extend_command(&k, &t, ttl)))
+            }
+            LaneCall::Exists { key } => {
+                let k = key.to_owned();
+                (QuorumOp::Exists, Box::new(move || wire::exists_command(&k)))
+            }
+        };
+        let (deferred, promise) = io::new_promise(env.raw())?;
+        let targets = self.nodes.iter().map(|n| n.config.target()).collect();
+        let call = Rc::new(RefCell::new(QuorumCall::new(
+            deferred,
+            op,
+            self.locker.clone(),
+            ios.clone(),
+            targets,
+        )));
+        for (index, io) in ios.iter().enumerate() {
+            io::submit_member(io, &call, index, command(), deadline);
+        }
+        Ok(promise)
+    }
+
+    fn command_timeout(&self) -> Duration {
+        self.nodes
+            .first()
+            .map_or(Duration::from_secs(1), |n| n.config.command_timeout)
+    }
+
+    /// Closes the lane: its pending calls reject with `closed`. On the JS thread.
+    pub(crate) fn close(&self, env: &Env) {
+        *self.closed.borrow_mut() = true;
+        for node in &self.nodes {
+            let previous = node.phase.replace(Phase::Idle { open_after: None });
+            if let Phase::Ready(io) = previous {
+                io::shut(&io, Some(env.raw()), io::closed_error());
+            }
+        }
+    }
+}
+
+impl Node {
+    /// The open socket, or `None` (then it starts opening in the background if it was idle).
+    fn ready(
+        &self,
+        env: &Env,
+        locker: &Arc<Locker>,
+        error_classes: sys::napi_ref,
+    ) -> Option<Rc<RefCell<Io>>> {
         let mut phase = self.phase.borrow_mut();
         loop {
             match &*phase {
-                Phase::Off => return None,
                 Phase::Ready(io) => {
                     if !io.borrow().is_closing() {
                         return Some(io.clone());
@@ -94,8 +279,7 @@ impl Lane {
                         return None;
                     }
                     let slot = Arc::new(Mutex::new(None));
-                    let config = self.locker.plain_server()?.clone();
-                    let filled = slot.clone();
+                    let (filled, config) = (slot.clone(), self.config.clone());
                     napi::bindgen_prelude::spawn(async move {
                         let opened = wire::open_stream(&config).await;
                         *filled.lock().unwrap_or_else(|p| p.into_inner()) = Some(opened);
@@ -105,30 +289,30 @@ impl Lane {
                 }
                 Phase::Opening(slot) => {
                     let opened = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    let retry_later = Phase::Idle {
+                        open_after: Some(Instant::now() + REOPEN_AFTER),
+                    };
                     match opened {
                         None => return None,
                         Some(Ok(stream)) => {
-                            let target = self
-                                .locker
-                                .plain_server()
-                                .map(|c| c.target())
-                                .unwrap_or_default();
                             match Io::install(
                                 env.raw(),
                                 stream,
-                                self.locker.clone(),
-                                self.error_classes,
-                                target,
+                                locker.clone(),
+                                error_classes,
+                                self.config.target(),
+                                self.config.command_timeout,
                             ) {
                                 Some(io) => *phase = Phase::Ready(io),
-                                None => *phase = Phase::Off,
+                                None => {
+                                    *phase = retry_later;
+                                    return None;
+                                }
                             }
                         }
                         Some(Err(_)) => {
                             // The runtime path reports the failure on its own calls.
-                            *phase = Phase::Idle {
-                                open_after: Some(Instant::now() + REOPEN_AFTER),
-                            };
+                            *phase = retry_later;
                             return None;
                         }
                     }
@@ -136,45 +320,15 @@ impl Lane {
             }
         }
     }
-
-    /// Closes the lane: its pending calls reject with `closed`. On the JS thread.
-    pub(crate) fn close(&self, env: &Env) {
-        let previous = std::mem::replace(&mut *self.phase.borrow_mut(), Phase::Off);
-        if let Phase::Ready(io) = previous {
-            io::shut(&io, Some(env.raw()), io::closed_error());
-        }
-    }
-}
-
-/// The lane, open for one call.
-pub(crate) struct OpenLane {
-    io: Rc<RefCell<Io>>,
-    command_timeout: Duration,
-}
-
-impl OpenLane {
-    /// Sends `command`; returns the promise its reply settles.
-    pub(crate) fn submit(
-        &self,
-        env: &Env,
-        command: WireCommand,
-        op: Op,
-    ) -> Result<sys::napi_value> {
-        io::submit(
-            &self.io,
-            env.raw(),
-            command,
-            op,
-            Instant::now() + self.command_timeout,
-        )
-    }
 }
 
 impl Drop for Lane {
-    /// The locker was collected: close once its pending calls have settled.
+    /// The locker was collected: each socket closes once its pending calls have settled.
     fn drop(&mut self) {
-        if let Phase::Ready(io) = std::mem::replace(self.phase.get_mut(), Phase::Off) {
-            io::abandon(&io);
+        for node in &self.nodes {
+            if let Phase::Ready(io) = node.phase.replace(Phase::Idle { open_after: None }) {
+                io::abandon(&io);
+            }
         }
     }
 }

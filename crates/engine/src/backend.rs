@@ -125,6 +125,7 @@ impl Backend {
                     .iter()
                     .map(|config| Connection::new(config).map(Arc::new))
                     .collect::<EngineResult<Vec<_>>>()?,
+                nodes,
             )?),
         })
     }
@@ -217,16 +218,26 @@ impl Backend {
         }
     }
 
-    /// The server's settings when the deployment is one plain server (no Sentinel, cluster,
-    /// Redlock or TLS): then a caller may drive its own connection to it (see `wire`).
-    pub(crate) fn plain_server(&self) -> Option<&ServerConfig> {
+    /// The servers' settings when the deployment is one plain server or Redlock over plain
+    /// masters (no Sentinel, cluster or TLS): then a caller may drive its own connections to
+    /// them (see `wire`). One entry for a single server, one per master for Redlock.
+    pub(crate) fn plain_servers(&self) -> Option<Vec<&ServerConfig>> {
         match self {
             Backend::Server(server) => match &server.source {
-                ServerSource::Fixed(config) if config.tls.is_none() => Some(config),
+                ServerSource::Fixed(config) if config.tls.is_none() => Some(vec![config]),
                 _ => None,
             },
-            _ => None,
+            Backend::Quorum(quorum) => quorum
+                .configs()
+                .iter()
+                .all(|c| c.tls.is_none())
+                .then(|| quorum.configs().iter().collect()),
+            Backend::Cluster(_) => None,
         }
+    }
+
+    pub(crate) fn is_quorum(&self) -> bool {
+        matches!(self, Backend::Quorum(_))
     }
 
     /// (connect timeout, command timeout) of the deployment's connections.

@@ -119,10 +119,22 @@ impl Locker {
         })
     }
 
-    /// The server's settings if the deployment is one plain server (no Sentinel, cluster,
-    /// Redlock or TLS), for a caller that drives its own connection (see `wire`).
-    pub fn plain_server(&self) -> Option<&crate::ServerConfig> {
-        self.backend.plain_server()
+    /// The servers' settings if the deployment is one plain server, or Redlock over plain
+    /// masters (no Sentinel, cluster or TLS), for a caller that drives its own connections
+    /// (see `wire`): one entry for a single server, one per master for Redlock.
+    pub fn plain_servers(&self) -> Option<Vec<&crate::ServerConfig>> {
+        self.backend.plain_servers()
+    }
+
+    /// Whether the deployment is Redlock (its calls need a majority of masters).
+    pub fn is_redlock(&self) -> bool {
+        self.backend.is_quorum()
+    }
+
+    /// The deadline of a lock whose `SET` was sent at `sent_at` (for Redlock, also its
+    /// validity time: a majority reached later does not count).
+    pub fn deadline_for(&self, sent_at: Instant, ttl: Duration) -> Instant {
+        deadline_at(sent_at + ttl, ttl, self.drift_factor)
     }
 
     /// Whether acquires keep a fencing counter.
@@ -145,7 +157,7 @@ impl Locker {
         if auto_extend || watch {
             self.leases.track(key, token, ttl, sent_at, auto_extend);
         }
-        deadline_at(sent_at + ttl, ttl, self.drift_factor)
+        self.deadline_for(sent_at, ttl)
     }
 
     /// Records a successful extend sent at `sent_at` by a caller's own connection, moving the

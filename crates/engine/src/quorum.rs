@@ -25,12 +25,16 @@ type NodeAttempt<T> = Shared<BoxFuture<'static, EngineResult<Option<T>>>>;
 
 pub(crate) struct Quorum {
     nodes: Vec<Arc<Connection>>,
+    configs: Vec<crate::config::ServerConfig>,
     needed: usize,
     target: String,
 }
 
 impl Quorum {
-    pub(crate) fn new(nodes: Vec<Arc<Connection>>) -> EngineResult<Self> {
+    pub(crate) fn new(
+        nodes: Vec<Arc<Connection>>,
+        configs: Vec<crate::config::ServerConfig>,
+    ) -> EngineResult<Self> {
         if nodes.len() < 2 {
             return Err(EngineError::new(
                 ErrorKind::Config,
@@ -49,6 +53,7 @@ impl Quorum {
         Ok(Self {
             needed: nodes.len() / 2 + 1,
             nodes,
+            configs,
             target,
         })
     }
@@ -59,6 +64,10 @@ impl Quorum {
 
     pub(crate) fn nodes(&self) -> &[Arc<Connection>] {
         &self.nodes
+    }
+
+    pub(crate) fn configs(&self) -> &[crate::config::ServerConfig] {
+        &self.configs
     }
 
     pub(crate) async fn try_acquire(
