@@ -16,9 +16,16 @@ pub(crate) fn fence_key(lock_key: &str) -> String {
     companion(lock_key, "fence")
 }
 
+const RELEASED_PREFIX: &str = "sdl:released:";
+
 /// The channel a v2 release publishes on, so waiters retry at once instead of polling.
 pub(crate) fn released_channel(lock_key: &str) -> String {
-    format!("sdl:released:{lock_key}")
+    format!("{RELEASED_PREFIX}{lock_key}")
+}
+
+/// The lock key a release channel is for.
+pub(crate) fn key_of_released_channel(channel: &str) -> Option<&str> {
+    channel.strip_prefix(RELEASED_PREFIX)
 }
 
 fn companion(lock_key: &str, suffix: &str) -> String {

@@ -27,7 +27,10 @@ pub use config::{
 };
 pub use error::{EngineError, EngineResult, ErrorKind};
 pub use leases::{DEFAULT_DRIFT_FACTOR, LostCallback, LostLease, LostReason, safety_margin};
-pub use locker::{AcquireOptions, Acquired, Locker, LockerOptions, RetryPolicy};
+pub use locker::{
+    AcquireOptions, Acquired, Locker, LockerOptions, ReleaseWatch, RetryPolicy, WaitPlan,
+};
+pub use waiters::ReleaseListener;
 pub use quorum::Tally;
 pub use sentinel::SentinelConfig;
 pub use token::new_token;

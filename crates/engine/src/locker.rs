@@ -11,7 +11,7 @@ use crate::error::{EngineError, EngineResult};
 use crate::keys;
 use crate::leases::{DEFAULT_DRIFT_FACTOR, Leases, LostCallback, deadline_at};
 use crate::token::new_token;
-use crate::waiters::{WaitGuard, Waiters};
+use crate::waiters::{ReleaseListener, WaitGuard, Waiters};
 
 /// How `acquire` waits for a lock somebody else holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +34,61 @@ impl RetryPolicy {
         retry_jitter: Duration::ZERO,
         wait_timeout: None,
     };
+}
+
+/// A subscription to a lock's release channel, held by an outside waiter.
+pub struct ReleaseWatch {
+    // Held for its Drop, which unsubscribes when the last watcher of the channel leaves.
+    _guard: WaitGuard,
+}
+
+/// When a waiting acquire tries again, and when it gives up.
+///
+/// v1's budget: 1 + retry_count attempts, retry_delay (+ jitter) apart, and no longer than the
+/// wait timeout. An attempt triggered by a release notification comes on top, without using a
+/// retry up, so a waiter gives up no sooner than v1 would, and takes a freed lock without
+/// sleeping out the delay. Shared by the engine's waiting loop and the binding's event-loop
+/// lane.
+#[derive(Debug, Clone)]
+pub struct WaitPlan {
+    retry: RetryPolicy,
+    polls_left: Option<u64>,
+    next_poll: Option<Instant>,
+    wait_until: Option<Instant>,
+}
+
+impl WaitPlan {
+    pub fn new(retry: RetryPolicy, now: Instant) -> Self {
+        Self {
+            polls_left: retry.retry_count,
+            next_poll: None,
+            wait_until: retry.wait_timeout.map(|t| now + t),
+            retry,
+        }
+    }
+
+    /// An attempt found the lock held at `now`: when to try again (unless a notification comes
+    /// first), or `None` to give up.
+    pub fn after_held(&mut self, now: Instant) -> Option<Instant> {
+        // A timed attempt (or the first) schedules the next one; a notified one keeps it.
+        if self.next_poll.is_none_or(|at| now >= at) {
+            match self.polls_left {
+                Some(0) => return None,
+                Some(n) => self.polls_left = Some(n - 1),
+                None => {}
+            }
+            let jitter = self.retry.retry_jitter.mul_f64(rand::random::<f64>());
+            let mut at = now + self.retry.retry_delay + jitter;
+            if let Some(until) = self.wait_until {
+                if now >= until {
+                    return None;
+                }
+                at = at.min(until);
+            }
+            self.next_poll = Some(at);
+        }
+        self.next_poll
+    }
 }
 
 /// What `acquire` needs to know besides the key.
@@ -73,6 +128,9 @@ pub struct LockerOptions {
     pub fencing: bool,
     /// Called once for each tracked lease that is lost (never for a released one).
     pub on_lost: Option<LostCallback>,
+    /// Told the key of each release heard from Redis on a watched channel (see
+    /// `watch_releases`), for waiters this engine does not run itself.
+    pub on_released: Option<ReleaseListener>,
     /// Share of the ttl set aside for clock drift: a lease's deadline is its send time + ttl -
     /// (ttl * drift_factor + 2 ms). Redlock's validity time uses the same margin.
     pub drift_factor: f64,
@@ -83,6 +141,7 @@ impl Default for LockerOptions {
         Self {
             fencing: true,
             on_lost: None,
+            on_released: None,
             drift_factor: DEFAULT_DRIFT_FACTOR,
         }
     }
@@ -95,6 +154,7 @@ pub struct Locker {
     backend: Arc<Backend>,
     leases: Leases,
     waiters: OnceLock<Waiters>,
+    on_released: Option<ReleaseListener>,
     fencing: bool,
     drift_factor: f64,
     closed: CancellationToken,
@@ -114,6 +174,7 @@ impl Locker {
             drift_factor: options.drift_factor,
             backend,
             waiters: OnceLock::new(),
+            on_released: options.on_released,
             fencing: options.fencing,
             closed,
         })
@@ -184,15 +245,10 @@ impl Locker {
     ) -> EngineResult<Option<Acquired>> {
         self.ensure_open()?;
         let retry = options.retry;
-        let wait_until = retry.wait_timeout.map(|t| Instant::now() + t);
         let never = CancellationToken::new();
         let cancel = cancel.unwrap_or(&never);
         let mut waiter: Option<WaitGuard> = None;
-        // v1's budget: 1 + retry_count attempts, retry_delay apart. A release notification
-        // triggers an extra attempt at once without using one up, so a waiter gives up no
-        // sooner than v1 would, and takes a freed lock without sleeping out the delay.
-        let mut polls_left = retry.retry_count;
-        let mut next_poll: Option<Instant> = None;
+        let mut plan = WaitPlan::new(retry, Instant::now());
         loop {
             if cancel.is_cancelled() {
                 return Err(EngineError::cancelled());
@@ -224,24 +280,9 @@ impl Locker {
                     deadline: valid_until,
                 }));
             }
-            let now = Instant::now();
-            if next_poll.is_none_or(|at| now >= at) {
-                match polls_left {
-                    Some(0) => return Ok(None),
-                    Some(n) => polls_left = Some(n - 1),
-                    None => {}
-                }
-                let mut at =
-                    now + retry.retry_delay + retry.retry_jitter.mul_f64(rand::random::<f64>());
-                if let Some(until) = wait_until {
-                    if now >= until {
-                        return Ok(None);
-                    }
-                    at = at.min(until);
-                }
-                next_poll = Some(at);
-            }
-            let poll_at = next_poll.unwrap_or(now);
+            let Some(poll_at) = plan.after_held(Instant::now()) else {
+                return Ok(None);
+            };
             let waiter =
                 waiter.get_or_insert_with(|| self.waiters().watch(&keys::released_channel(key)));
             tokio::select! {
@@ -268,6 +309,15 @@ impl Locker {
             self.note_released(key);
         }
         Ok(released)
+    }
+
+    /// Keeps the release channel of `key` subscribed while the returned guard lives, for a
+    /// waiter this engine does not run itself (`on_released` reports what is heard). Must run
+    /// inside the runtime.
+    pub fn watch_releases(&self, key: &str) -> ReleaseWatch {
+        ReleaseWatch {
+            _guard: self.waiters().watch(&keys::released_channel(key)),
+        }
     }
 
     /// A release of `key` succeeded (here or through a caller's own connection): waiters of
@@ -324,7 +374,13 @@ impl Locker {
 
     fn waiters(&self) -> &Waiters {
         self.waiters
-            .get_or_init(|| Waiters::new(self.backend.clone(), self.closed.clone()))
+            .get_or_init(|| {
+                Waiters::new(
+                    self.backend.clone(),
+                    self.closed.clone(),
+                    self.on_released.clone(),
+                )
+            })
     }
 
     fn ensure_open(&self) -> EngineResult<()> {

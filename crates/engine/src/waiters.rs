@@ -15,6 +15,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::Backend;
+use crate::keys;
 
 enum Command {
     Subscribe(String),
@@ -26,8 +27,12 @@ struct Channel {
     waiters: usize,
 }
 
+/// Told the key of every release heard on a watched channel (besides the local wake-ups).
+pub type ReleaseListener = Arc<dyn Fn(&str) + Send + Sync>;
+
 struct Inner {
     backend: Arc<Backend>,
+    listener: Option<ReleaseListener>,
     connect_timeout: Duration,
     command_timeout: Duration,
     channels: Mutex<HashMap<String, Channel>>,
@@ -78,11 +83,16 @@ impl Waiters {
         self.inner.wake(channel);
     }
 
-    pub(crate) fn new(backend: Arc<Backend>, cancel: CancellationToken) -> Self {
+    pub(crate) fn new(
+        backend: Arc<Backend>,
+        cancel: CancellationToken,
+        listener: Option<ReleaseListener>,
+    ) -> Self {
         let (connect_timeout, command_timeout) = backend.timeouts();
         Self {
             inner: Arc::new(Inner {
                 backend,
+                listener,
                 connect_timeout,
                 command_timeout,
                 channels: Mutex::new(HashMap::new()),
@@ -225,7 +235,15 @@ async fn run(inner: Arc<Inner>, mut commands: mpsc::UnboundedReceiver<Command>) 
                 }
                 message = stream.next() => match message {
                     None => break, // connection lost
-                    Some(message) => inner.wake(message.get_channel_name()),
+                    Some(message) => {
+                        let channel = message.get_channel_name();
+                        inner.wake(channel);
+                        if let (Some(listener), Some(key)) =
+                            (&inner.listener, keys::key_of_released_channel(channel))
+                        {
+                            listener(key);
+                        }
+                    }
                 },
             }
         }
