@@ -350,3 +350,31 @@ test('fencing: false keeps no counter and gives null fences', async () => {
   assert.equal(lease.fence, null);
   assert.equal(await raw.exists('{lock:unfenced}:fence'), 0);
 });
+
+test('waiters that time out, give up or are aborted under contention leave no lock behind', async () => {
+  const lock = new Lock(server.url);
+  const outcomes = await Promise.allSettled(
+    Array.from({ length: 60 }, async (_, i) => {
+      const controller = new AbortController();
+      setTimeout(() => controller.abort(new Error('gave up')), Math.random() * 80);
+      const waiting =
+        i % 3 === 0
+          ? { waitTimeout: 40, retryDelay: 5 }
+          : i % 3 === 1
+            ? { signal: controller.signal, retryCount: Infinity, retryDelay: 5 }
+            : { retryCount: 3, retryDelay: 5 };
+      const token = await lock.acquire('storm', { ttl: 3000, ...waiting });
+      if (token) {
+        await sleep(1);
+        assert.equal(await lock.release('storm', token), true);
+      }
+      return token;
+    }),
+  );
+  for (const outcome of outcomes) {
+    if (outcome.status === 'rejected') assert.match(String(outcome.reason), /gave up/);
+  }
+  assert.ok(outcomes.some((o) => o.status === 'fulfilled' && o.value), 'some got the lock');
+  await sleep(200);
+  assert.equal(await raw.exists('lock:storm'), 0, 'nobody holds it: an attempt granted after an abort was given back');
+});

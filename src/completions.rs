@@ -53,6 +53,39 @@ struct Shared {
     alive: RwLock<bool>,
     /// `{ [code]: ErrorClass }` from the facade.
     error_classes: sys::napi_ref,
+    /// Notices from the runtime for code on the JS thread (see `Poster`).
+    events: Mutex<Vec<Event>>,
+    /// Receives the events; set and called on the JS thread only.
+    on_event: std::cell::RefCell<Option<EventHandler>>,
+}
+
+/// Code on the JS thread that receives the events.
+pub(crate) type EventHandler = Box<dyn Fn(Event)>;
+
+/// A notice from the runtime for code on the JS thread.
+pub(crate) enum Event {
+    /// A release of this lock key was heard from Redis.
+    Released(String),
+}
+
+/// Posts events to the JS thread, from any thread.
+#[derive(Clone)]
+pub(crate) struct Poster {
+    shared: Arc<Shared>,
+}
+
+impl Poster {
+    pub(crate) fn post(&self, event: Event) {
+        let shared = &self.shared;
+        let wake = {
+            let mut events = shared.events.lock().unwrap_or_else(|p| p.into_inner());
+            events.push(event);
+            events.len() == 1
+        };
+        if wake {
+            shared.wake();
+        }
+    }
 }
 // The raw handles are used as napi allows: the thread-safe function from any thread, the
 // reference and deferreds on the JS thread only.
@@ -91,6 +124,8 @@ impl Completions {
             released: AtomicBool::new(false),
             alive: RwLock::new(true),
             error_classes: classes_ref,
+            events: Mutex::new(Vec::new()),
+            on_event: std::cell::RefCell::new(None),
         });
         let context = Arc::into_raw(shared.clone()) as *mut c_void;
         let mut tsfn = ptr::null_mut();
@@ -152,17 +187,7 @@ impl Completions {
                 queue.len() == 1
             };
             if wake {
-                let alive = shared.alive.read().unwrap_or_else(|p| p.into_inner());
-                if *alive {
-                    // Fails only while Node shuts down, when nobody waits for the result.
-                    unsafe {
-                        sys::napi_call_threadsafe_function(
-                            shared.tsfn(),
-                            ptr::null_mut(),
-                            sys::ThreadsafeFunctionCallMode::nonblocking,
-                        )
-                    };
-                }
+                shared.wake();
             }
         });
         Ok(promise)
@@ -170,6 +195,18 @@ impl Completions {
 }
 
 impl Completions {
+    /// A handle for posting events from the runtime.
+    pub(crate) fn poster(&self) -> Poster {
+        Poster {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Who receives the events. On the JS thread.
+    pub(crate) fn on_event(&self, handler: EventHandler) {
+        *self.shared.on_event.borrow_mut() = Some(handler);
+    }
+
     /// The facade's error classes (a reference valid on the JS thread while this lives).
     pub(crate) fn error_classes(&self) -> sys::napi_ref {
         self.shared.error_classes
@@ -180,11 +217,28 @@ impl Shared {
     fn tsfn(&self) -> sys::napi_threadsafe_function {
         self.tsfn.load(Ordering::Acquire)
     }
+
+    /// Asks the JS thread to drain the queues. From any thread.
+    fn wake(&self) {
+        let alive = self.alive.read().unwrap_or_else(|p| p.into_inner());
+        if *alive && !self.released.load(Ordering::Acquire) {
+            // Fails only while Node shuts down, when nobody waits for the result.
+            unsafe {
+                sys::napi_call_threadsafe_function(
+                    self.tsfn(),
+                    ptr::null_mut(),
+                    sys::ThreadsafeFunctionCallMode::nonblocking,
+                )
+            };
+        }
+    }
 }
 
 impl Drop for Completions {
     /// The locker was collected. On the JS thread (napi-rs finalizes wrapped objects there).
     fn drop(&mut self) {
+        // The handler holds JS-thread state: drop it here, not wherever `Shared` ends.
+        self.shared.on_event.borrow_mut().take();
         self.shared.abandoned.store(true, Ordering::Relaxed);
         if self.shared.pending.load(Ordering::Relaxed) == 0 {
             release(&self.shared);
@@ -193,8 +247,9 @@ impl Drop for Completions {
 }
 
 fn release(shared: &Shared) {
-    let alive = shared.alive.read().unwrap_or_else(|p| p.into_inner());
-    if *alive && !shared.released.swap(true, Ordering::Relaxed) {
+    // The write lock: no `wake` may be using the thread-safe function while it is released.
+    let alive = shared.alive.write().unwrap_or_else(|p| p.into_inner());
+    if *alive && !shared.released.swap(true, Ordering::AcqRel) {
         unsafe {
             sys::napi_release_threadsafe_function(
                 shared.tsfn(),
@@ -215,6 +270,15 @@ unsafe extern "C" fn settle_ready(
         return; // the environment is shutting down
     }
     let shared = unsafe { &*(context as *const Shared) };
+    let events = std::mem::take(&mut *shared.events.lock().unwrap_or_else(|p| p.into_inner()));
+    if !events.is_empty()
+        && let Ok(handler) = shared.on_event.try_borrow()
+        && let Some(handler) = handler.as_ref()
+    {
+        for event in events {
+            handler(event);
+        }
+    }
     let ready = std::mem::take(&mut *shared.queue.lock().unwrap_or_else(|p| p.into_inner()));
     let settled = ready.len();
     for (deferred, outcome) in ready {

@@ -20,12 +20,12 @@ use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 use sdl_engine::{
     AcquireOptions, Acquired, CancellationToken, Locker, LockerOptions, LostLease, LostReason,
-    ReplicaAck, RetryPolicy,
+    ReplicaAck, RetryPolicy, WaitPlan,
 };
 
-use completions::{Completions, Grant, Outcome};
+use completions::{Completions, Event, Grant, Outcome};
 use errors::{failed, invalid_arg, to_js_error};
-use lane::{Lane, LaneCall};
+use lane::{Lane, LaneCall, WaitRequest};
 pub use settings::{
     ConnectionSettings, LockerSettings, TlsSettings, TopologySettings, WaitSettings,
 };
@@ -75,18 +75,26 @@ impl NativeLocker {
             // Fails only while Node shuts down, when nobody is left to tell.
             let _ = notifier.call(lost_args(lease), ThreadsafeFunctionCallMode::NonBlocking);
         });
+        let poster = completions.poster();
+        let on_released = Arc::new(move |key: &str| poster.post(Event::Released(key.to_owned())));
         let locker = Locker::new(
             topology,
             LockerOptions {
                 fencing: options.fencing.unwrap_or(true),
                 on_lost: Some(on_lost),
+                on_released: Some(on_released),
                 drift_factor,
             },
         )
         .map_err(to_js_error)?;
         let inner = Arc::new(locker);
+        let lane = Lane::new(env, inner.clone(), completions.error_classes());
+        let heard = lane.release_listener();
+        completions.on_event(Box::new(move |event| match event {
+            Event::Released(key) => heard(&key),
+        }));
         Ok(Self {
-            lane: Lane::new(inner.clone(), completions.error_classes()),
+            lane,
             inner,
             cancels: Arc::default(),
             completions,
@@ -112,6 +120,9 @@ impl NativeLocker {
             return promise;
         }
         let options = acquire_options(ttl_ms, auto_extend, false, wait)?;
+        if let Some(promise) = self.wait_on_lane(env, &key, &options, cancel_id) {
+            return promise;
+        }
         let acquiring = self.acquiring(key, options, cancel_id);
         self.promise(env, async move {
             match acquiring.await {
@@ -142,6 +153,9 @@ impl NativeLocker {
             return promise;
         }
         let options = acquire_options(ttl_ms, auto_extend, true, wait)?;
+        if let Some(promise) = self.wait_on_lane(env, &key, &options, cancel_id) {
+            return promise;
+        }
         let acquiring = self.acquiring(key, options, cancel_id);
         self.promise(env, async move {
             match acquiring.await {
@@ -158,6 +172,9 @@ impl NativeLocker {
     /// Stops the waiting acquire registered under `cancelId`, if it still waits.
     #[napi(catch_unwind)]
     pub fn cancel(&self, cancel_id: u32) {
+        if self.lane.cancel(cancel_id) {
+            return;
+        }
         if let Some(token) = lock(&self.cancels).get(&cancel_id) {
             token.cancel();
         }
@@ -274,6 +291,30 @@ impl NativeLocker {
             lease,
         };
         self.lane.call(env, call).map(|raw| raw_promise(env, raw))
+    }
+
+    /// A waiting acquire on the lane, if it can take it (no replica acknowledgement).
+    fn wait_on_lane<'env, T>(
+        &self,
+        env: &'env Env,
+        key: &str,
+        options: &AcquireOptions,
+        cancel_id: u32,
+    ) -> Option<Result<PromiseRaw<'env, T>>> {
+        if options.replicas.is_some() {
+            return None;
+        }
+        let request = WaitRequest {
+            key: key.to_owned(),
+            ttl: options.ttl,
+            auto_extend: options.auto_extend,
+            lease: options.watch,
+            plan: WaitPlan::new(options.retry, tokio::time::Instant::now()),
+            cancel_id,
+        };
+        self.lane
+            .wait(env, request)
+            .map(|raw| raw_promise(env, raw))
     }
 
     /// Runs `work` on the runtime; its outcome settles the returned promise.

@@ -26,6 +26,7 @@ use sdl_engine::{EngineError, ErrorKind as EngineErrorKind, Locker};
 
 use super::quorum::QuorumCall;
 use super::uv::{self, Handle, Uv};
+use super::wait::{self, AttemptReply, Waiter};
 use crate::completions::{Grant, Outcome, settle};
 use crate::errors::failed;
 
@@ -59,6 +60,8 @@ enum Target {
     Promise(sys::napi_deferred),
     /// Master `usize`'s part of a Redlock call.
     Member(Rc<RefCell<QuorumCall>>, usize),
+    /// A waiting acquire's attempt, with its token and send time.
+    Waiter(Rc<RefCell<Waiter>>, String, tokio::time::Instant),
     /// Nobody: a clean-up release after a refused Redlock acquire.
     Ignore,
 }
@@ -76,6 +79,7 @@ struct Pending {
 pub(crate) struct Effects {
     pub(crate) settlements: Vec<(sys::napi_deferred, Outcome)>,
     pub(crate) sends: Vec<(Rc<RefCell<Io>>, WireCommand)>,
+    pub(crate) waiter_replies: Vec<(Rc<RefCell<Waiter>>, AttemptReply)>,
 }
 
 pub(crate) struct Io {
@@ -275,6 +279,26 @@ impl Io {
                 call.borrow_mut().record(index, answer, effects);
                 return;
             }
+            Target::Waiter(waiter, token, sent_at) => {
+                let attempt = match &reply {
+                    Reply::Error(message) => {
+                        AttemptReply::Failed(wire::reply_error(message, &self.target))
+                    }
+                    _ => match wire::acquired(&reply) {
+                        Ok(Some(fence)) => AttemptReply::Granted {
+                            token,
+                            fence,
+                            sent_at,
+                        },
+                        Ok(None) => AttemptReply::Held,
+                        Err(bad) => {
+                            AttemptReply::Failed(EngineError::new(EngineErrorKind::Redis, bad))
+                        }
+                    },
+                };
+                effects.waiter_replies.push((waiter, attempt));
+                return;
+            }
             Target::Ignore => return,
         };
         if let Reply::Error(message) = &reply {
@@ -398,6 +422,9 @@ impl Io {
                     super::quorum::Answer::Failed(err.clone()),
                     effects,
                 ),
+                Target::Waiter(waiter, _, _) => effects
+                    .waiter_replies
+                    .push((waiter, AttemptReply::Failed(err.clone()))),
                 Target::Ignore => {}
             }
         }
@@ -471,6 +498,19 @@ pub(crate) fn submit_member(
     );
 }
 
+/// Queues a waiting acquire's attempt.
+pub(crate) fn submit_attempt(
+    io: &Rc<RefCell<Io>>,
+    waiter: &Rc<RefCell<Waiter>>,
+    token: String,
+    sent_at: tokio::time::Instant,
+    command: WireCommand,
+    deadline: Instant,
+) {
+    let target = Target::Waiter(waiter.clone(), token, sent_at);
+    enqueue(io, target, command, Op::Flag, deadline);
+}
+
 pub(crate) fn new_promise(env: sys::napi_env) -> Result<(sys::napi_deferred, sys::napi_value)> {
     let mut deferred = ptr::null_mut();
     let mut promise = ptr::null_mut();
@@ -504,12 +544,18 @@ fn enqueue(io: &Rc<RefCell<Io>>, target: Target, command: WireCommand, op: Op, d
 
 /// Does what handling replies asked for, once no `Io` is borrowed: queues the clean-up
 /// commands, then settles the promises in a callback scope (their microtasks run at its end).
-unsafe fn apply(
-    effects: Effects,
+pub(crate) unsafe fn apply(
+    mut effects: Effects,
     env: sys::napi_env,
     error_classes: sys::napi_ref,
     scope: Option<(sys::napi_ref, sys::napi_async_context)>,
 ) {
+    // A waiter's reply may queue its next attempt (or end it): before settling anything.
+    while !effects.waiter_replies.is_empty() {
+        for (waiter, reply) in std::mem::take(&mut effects.waiter_replies) {
+            wait::on_reply(&waiter, reply, &mut effects);
+        }
+    }
     for (io, command) in effects.sends {
         let deadline = Instant::now() + io.borrow().command_timeout();
         enqueue(&io, Target::Ignore, command, Op::Flag, deadline);
@@ -695,7 +741,9 @@ unsafe extern "C" fn on_env_cleanup(arg: *mut c_void) {
     // The deferreds and clean-ups of `ignored` die with the environment.
 }
 
-unsafe fn async_context(env: sys::napi_env) -> Option<(sys::napi_async_context, sys::napi_ref)> {
+pub(crate) unsafe fn async_context(
+    env: sys::napi_env,
+) -> Option<(sys::napi_async_context, sys::napi_ref)> {
     unsafe {
         let mut resource = ptr::null_mut();
         sys::napi_create_object(env, &mut resource);

@@ -17,6 +17,7 @@
 mod io;
 mod quorum;
 mod uv;
+mod wait;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -28,9 +29,10 @@ use napi::sys;
 use sdl_engine::wire::{self, RawStream};
 use sdl_engine::{EngineResult, Locker, ServerConfig};
 
-use io::Io;
 pub(crate) use io::Op;
+use io::{Effects, Io};
 use quorum::{QuorumCall, QuorumOp};
+pub(crate) use wait::WaitRequest;
 
 /// After a socket failed to open or broke, the runtime path serves alone for this long.
 const REOPEN_AFTER: Duration = Duration::from_secs(1);
@@ -70,16 +72,26 @@ struct Node {
 }
 
 pub(crate) struct Lane {
+    shared: Rc<LaneShared>,
+}
+
+/// The lane's state, shared with the waiters' timers.
+pub(crate) struct LaneShared {
     /// Empty when the lane is off for this deployment or platform.
     nodes: Vec<Node>,
     closed: RefCell<bool>,
     locker: Arc<Locker>,
     error_classes: sys::napi_ref,
+    waiting: RefCell<wait::Waiting>,
+    env: sys::napi_env,
+    /// For settling from the lane's own timers (a callback scope needs an async context).
+    async_context: sys::napi_async_context,
+    resource: sys::napi_ref,
 }
 
 impl Lane {
     /// `error_classes`: the facade's `{ code: ErrorClass }`, kept alive by the caller.
-    pub(crate) fn new(locker: Arc<Locker>, error_classes: sys::napi_ref) -> Self {
+    pub(crate) fn new(env: &Env, locker: Arc<Locker>, error_classes: sys::napi_ref) -> Self {
         let usable = uv::uv().is_some() && enabled_by_env();
         let nodes = match locker.plain_servers() {
             Some(configs) if usable => configs
@@ -91,11 +103,50 @@ impl Lane {
                 .collect(),
             _ => Vec::new(),
         };
+        let (async_context, resource) = unsafe { io::async_context(env.raw()) }
+            .unwrap_or((std::ptr::null_mut(), std::ptr::null_mut()));
         Self {
-            nodes,
-            closed: RefCell::new(false),
-            locker,
-            error_classes,
+            shared: Rc::new(LaneShared {
+                nodes,
+                closed: RefCell::new(false),
+                locker,
+                error_classes,
+                waiting: RefCell::default(),
+                env: env.raw(),
+                async_context,
+                resource,
+            }),
+        }
+    }
+
+    /// A waiting acquire on the lane (one plain server only), or `None` for the runtime path.
+    pub(crate) fn wait(&self, env: &Env, request: WaitRequest) -> Option<Result<sys::napi_value>> {
+        let shared = &self.shared;
+        if shared.nodes.len() != 1 || *shared.closed.borrow() {
+            return None;
+        }
+        shared.nodes[0].ready(env, &shared.locker, shared.error_classes)?;
+        Some(wait::start(shared, env.raw(), request))
+    }
+
+    /// Rejects the lane's waiting acquire registered under `cancel_id`. `false` if none.
+    pub(crate) fn cancel(&self, cancel_id: u32) -> bool {
+        let mut effects = Effects::default();
+        let found = wait::cancel(&self.shared, cancel_id, &mut effects);
+        self.shared.apply_in_call(self.shared.env, effects);
+        found
+    }
+
+    /// What to call when a release of a key is heard from Redis: its first waiter here tries
+    /// at once. Holds the lane weakly.
+    pub(crate) fn release_listener(&self) -> impl Fn(&str) + 'static {
+        let shared = Rc::downgrade(&self.shared);
+        move |key| {
+            if let Some(shared) = shared.upgrade() {
+                let mut effects = Effects::default();
+                wait::hand_over(&shared, key, &mut effects);
+                shared.apply_in_call(shared.env, effects);
+            }
         }
     }
 
@@ -103,27 +154,45 @@ impl Lane {
     /// replies settle; `None` means: take the runtime path (idle sockets start opening in the
     /// background, for later calls).
     pub(crate) fn call(&self, env: &Env, call: LaneCall<'_>) -> Option<Result<sys::napi_value>> {
-        if self.nodes.is_empty() || *self.closed.borrow() {
+        let shared = &self.shared;
+        if shared.nodes.is_empty() || *shared.closed.borrow() {
             return None;
         }
-        let mut ios = Vec::with_capacity(self.nodes.len());
-        for node in &self.nodes {
+        let mut ios = Vec::with_capacity(shared.nodes.len());
+        for node in &shared.nodes {
             // Visit every node, so all closed sockets start (re)opening, not only the first.
-            if let Some(io) = node.ready(env, &self.locker, self.error_classes) {
+            if let Some(io) = node.ready(env, &shared.locker, shared.error_classes) {
                 ios.push(io);
             }
         }
-        if ios.len() < self.nodes.len() {
+        if ios.len() < shared.nodes.len() {
             return None;
         }
-        let deadline = Instant::now() + self.command_timeout();
+        let deadline = Instant::now() + shared.command_timeout();
         Some(if ios.len() == 1 {
-            self.single(env, &ios[0], call, deadline)
+            shared.single(env, &ios[0], call, deadline)
         } else {
-            self.quorum(env, ios, call, deadline)
+            shared.quorum(env, ios, call, deadline)
         })
     }
 
+    /// Closes the lane: its pending calls and waiters reject with `closed`. On the JS thread.
+    pub(crate) fn close(&self, env: &Env) {
+        let shared = &self.shared;
+        *shared.closed.borrow_mut() = true;
+        let mut effects = Effects::default();
+        wait::end_all(shared, &io::closed_error(), &mut effects);
+        shared.apply_in_call(env.raw(), effects);
+        for node in &shared.nodes {
+            let previous = node.phase.replace(Phase::Idle { open_after: None });
+            if let Phase::Ready(io) = previous {
+                io::shut(&io, Some(env.raw()), io::closed_error());
+            }
+        }
+    }
+}
+
+impl LaneShared {
     fn single(
         &self,
         env: &Env,
@@ -168,7 +237,18 @@ impl Lane {
             ),
             LaneCall::Exists { key } => (wire::exists_command(key), Op::Flag),
         };
-        io::submit(io, env.raw(), command, op, deadline)
+        let released_key = match &op {
+            Op::Release { key } => Some(key.clone()),
+            _ => None,
+        };
+        let promise = io::submit(io, env.raw(), command, op, deadline)?;
+        if let Some(key) = released_key {
+            // Hand-over: the first waiter's attempt goes out right behind the release.
+            let mut effects = Effects::default();
+            wait::hand_over(self, &key, &mut effects);
+            self.apply_in_call(env.raw(), effects);
+        }
+        Ok(promise)
     }
 
     fn quorum(
@@ -237,19 +317,41 @@ impl Lane {
         Ok(promise)
     }
 
-    fn command_timeout(&self) -> Duration {
+    pub(crate) fn command_timeout(&self) -> Duration {
         self.nodes
             .first()
             .map_or(Duration::from_secs(1), |n| n.config.command_timeout)
     }
 
-    /// Closes the lane: its pending calls reject with `closed`. On the JS thread.
-    pub(crate) fn close(&self, env: &Env) {
-        *self.closed.borrow_mut() = true;
-        for node in &self.nodes {
-            let previous = node.phase.replace(Phase::Idle { open_after: None });
-            if let Phase::Ready(io) = previous {
-                io::shut(&io, Some(env.raw()), io::closed_error());
+    /// The single server's open socket, if it is open.
+    pub(crate) fn single_io(&self) -> Option<Rc<RefCell<Io>>> {
+        match self.nodes.as_slice() {
+            [node] => match &*node.phase.borrow() {
+                Phase::Ready(io) if !io.borrow().is_closing() => Some(io.clone()),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Acts on `effects` during a napi call (microtasks run after it returns).
+    fn apply_in_call(&self, env: sys::napi_env, effects: Effects) {
+        unsafe { io::apply(effects, env, self.error_classes, None) };
+    }
+
+    /// Acts on `effects` from a libuv callback: in a callback scope, whose end runs microtasks.
+    pub(crate) fn apply_in_callback(&self, effects: Effects) {
+        let scope = (!self.resource.is_null()).then_some((self.resource, self.async_context));
+        unsafe { io::apply(effects, self.env, self.error_classes, scope) };
+    }
+}
+
+impl Drop for LaneShared {
+    fn drop(&mut self) {
+        if !self.resource.is_null() {
+            unsafe {
+                sys::napi_async_destroy(self.env, self.async_context);
+                sys::napi_delete_reference(self.env, self.resource);
             }
         }
     }
@@ -325,7 +427,7 @@ impl Node {
 impl Drop for Lane {
     /// The locker was collected: each socket closes once its pending calls have settled.
     fn drop(&mut self) {
-        for node in &self.nodes {
+        for node in &self.shared.nodes {
             if let Phase::Ready(io) = node.phase.replace(Phase::Idle { open_after: None }) {
                 io::abandon(&io);
             }

@@ -1,0 +1,332 @@
+//! Waiting acquires on the lane (one plain server): the engine's `WaitPlan` decides when to try
+//! again; the attempts, the timers and the hand-over all stay on the JS thread.
+//!
+//! Hand-over: when this process releases a lock through the lane, the first waiter for it gets
+//! its attempt queued right behind the release, in the same write. Redis runs a client's
+//! pipelined commands back to back, so the waiter takes the lock one round trip after the
+//! holder let it go, and waiters of one process take it in the order they came (first in,
+//! first served). A release by another process is heard through the engine's subscriber and
+//! gives the first waiter an attempt at once. Either kind of attempt is a free one: the retry
+//! budget counts only the timed attempts, as on the runtime path.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::ffi::c_void;
+use std::ptr;
+use std::rc::{Rc, Weak};
+use std::time::Duration;
+
+use napi::sys;
+use sdl_engine::{EngineError, ReleaseWatch, WaitPlan, wire};
+
+use super::LaneShared;
+use super::io::{self, Effects};
+use super::uv::{self, Handle};
+use crate::completions::{Grant, Outcome};
+use crate::errors::failed;
+
+/// What the server said to a waiter's attempt.
+pub(crate) enum AttemptReply {
+    Granted {
+        token: String,
+        fence: Option<i64>,
+        sent_at: tokio::time::Instant,
+    },
+    Held,
+    Failed(EngineError),
+}
+
+pub(crate) struct Waiter {
+    deferred: Option<sys::napi_deferred>,
+    key: String,
+    ttl: Duration,
+    auto_extend: bool,
+    lease: bool,
+    plan: WaitPlan,
+    /// The retry timer; its data holds a count on this waiter until it is closed.
+    timer: *mut Handle,
+    attempting: bool,
+    watch: Option<ReleaseWatch>,
+    cancel_id: u32,
+    lane: Weak<LaneShared>,
+}
+
+/// The waiters of one lane, first come first served per key.
+#[derive(Default)]
+pub(crate) struct Waiting {
+    by_key: HashMap<String, VecDeque<Rc<RefCell<Waiter>>>>,
+    by_cancel_id: HashMap<u32, Rc<RefCell<Waiter>>>,
+}
+
+pub(crate) struct WaitRequest {
+    pub key: String,
+    pub ttl: Duration,
+    pub auto_extend: bool,
+    pub lease: bool,
+    pub plan: WaitPlan,
+    pub cancel_id: u32,
+}
+
+/// Starts a waiting acquire and returns its promise. On the JS thread, in a napi call.
+pub(crate) fn start(
+    lane: &Rc<LaneShared>,
+    env: sys::napi_env,
+    request: WaitRequest,
+) -> napi::Result<sys::napi_value> {
+    let uv = uv::uv().ok_or_else(|| napi::Error::from_reason("libuv is not available"))?;
+    let (deferred, promise) = io::new_promise(env)?;
+    let mut event_loop = ptr::null_mut();
+    unsafe { sys::napi_get_uv_event_loop(env, &mut event_loop) };
+    let timer = uv.alloc_handle();
+    if event_loop.is_null() || unsafe { (uv.timer_init)(event_loop.cast(), timer) } != 0 {
+        uv.free_handle(timer);
+        return Err(napi::Error::from_reason("cannot start a timer"));
+    }
+    let waiter = Rc::new(RefCell::new(Waiter {
+        deferred: Some(deferred),
+        key: request.key,
+        ttl: request.ttl,
+        auto_extend: request.auto_extend,
+        lease: request.lease,
+        plan: request.plan,
+        timer,
+        attempting: false,
+        watch: None,
+        cancel_id: request.cancel_id,
+        lane: Rc::downgrade(lane),
+    }));
+    unsafe { (uv.set_data)(timer, Rc::into_raw(waiter.clone()) as *mut c_void) };
+    {
+        let mut waiting = lane.waiting.borrow_mut();
+        let key = waiter.borrow().key.clone();
+        waiting
+            .by_key
+            .entry(key)
+            .or_default()
+            .push_back(waiter.clone());
+        if request.cancel_id != 0 {
+            waiting
+                .by_cancel_id
+                .insert(request.cancel_id, waiter.clone());
+        }
+    }
+    let mut effects = Effects::default();
+    attempt(&waiter, &mut effects);
+    lane.apply_in_call(env, effects);
+    Ok(promise)
+}
+
+/// Queues an attempt for `waiter` unless one is under way.
+pub(crate) fn attempt(waiter: &Rc<RefCell<Waiter>>, effects: &mut Effects) {
+    let (lane, key, ttl) = {
+        let mut w = waiter.borrow_mut();
+        if w.attempting || w.deferred.is_none() {
+            return;
+        }
+        let Some(lane) = w.lane.upgrade() else { return };
+        w.attempting = true;
+        (lane, w.key.clone(), w.ttl)
+    };
+    let Some(io) = lane.single_io() else {
+        let err = EngineError::new(
+            sdl_engine::ErrorKind::Connection,
+            "the connection to Redis was lost while waiting for the lock",
+        );
+        finish(waiter, failed(err), effects);
+        return;
+    };
+    let token = sdl_engine::new_token();
+    let command = wire::acquire_command(&key, &token, ttl, lane.locker.fencing());
+    let deadline = std::time::Instant::now() + lane.command_timeout();
+    io::submit_attempt(
+        &io,
+        waiter,
+        token,
+        tokio::time::Instant::now(),
+        command,
+        deadline,
+    );
+}
+
+/// The reply to `waiter`'s attempt: done, or wait for the next attempt.
+pub(crate) fn on_reply(waiter: &Rc<RefCell<Waiter>>, reply: AttemptReply, effects: &mut Effects) {
+    waiter.borrow_mut().attempting = false;
+    if waiter.borrow().deferred.is_none() {
+        // Ended meanwhile (cancelled, closed): a lock this attempt took goes back at once.
+        let w = waiter.borrow();
+        if let AttemptReply::Granted { token, .. } = reply
+            && let Some(lane) = w.lane.upgrade()
+            && let Some(io) = lane.single_io()
+        {
+            effects.sends.push((io, wire::release_command(&w.key, &token)));
+        }
+        return;
+    }
+    match reply {
+        AttemptReply::Granted {
+            token,
+            fence,
+            sent_at,
+        } => {
+            let outcome = {
+                let w = waiter.borrow();
+                let Some(lane) = w.lane.upgrade() else { return };
+                let locker = &lane.locker;
+                let deadline = napi::bindgen_prelude::within_runtime_if_available(|| {
+                    locker.adopt(&w.key, &token, w.ttl, sent_at, w.auto_extend, w.lease)
+                });
+                if w.lease {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    Outcome::Grant(Some(Grant {
+                        token,
+                        fence,
+                        valid_for_ms: left.as_secs_f64() * 1000.0,
+                    }))
+                } else {
+                    Outcome::Token(Some(token))
+                }
+            };
+            finish(waiter, outcome, effects);
+        }
+        AttemptReply::Failed(err) => finish(waiter, failed(err), effects),
+        AttemptReply::Held => {
+            let next = waiter
+                .borrow_mut()
+                .plan
+                .after_held(tokio::time::Instant::now());
+            match next {
+                None => {
+                    let outcome = if waiter.borrow().lease {
+                        Outcome::Grant(None)
+                    } else {
+                        Outcome::Token(None)
+                    };
+                    finish(waiter, outcome, effects);
+                }
+                Some(at) => wait_until(waiter, at),
+            }
+        }
+    }
+}
+
+/// Arms the retry timer, and listens for releases of the key (once).
+fn wait_until(waiter: &Rc<RefCell<Waiter>>, at: tokio::time::Instant) {
+    let mut w = waiter.borrow_mut();
+    if w.watch.is_none()
+        && let Some(lane) = w.lane.upgrade()
+    {
+        let key = w.key.clone();
+        w.watch = Some(napi::bindgen_prelude::within_runtime_if_available(|| {
+            lane.locker.watch_releases(&key)
+        }));
+    }
+    let Some(uv) = uv::uv() else { return };
+    let wait = at.saturating_duration_since(tokio::time::Instant::now());
+    unsafe { (uv.timer_start)(w.timer, on_timer, wait.as_millis() as u64, 0) };
+}
+
+/// Gives the first idle waiter for `key` an attempt now (a release was queued or heard).
+pub(crate) fn hand_over(lane: &LaneShared, key: &str, effects: &mut Effects) {
+    let next = lane
+        .waiting
+        .borrow()
+        .by_key
+        .get(key)
+        .and_then(|queue| queue.iter().find(|w| !w.borrow().attempting).cloned());
+    if let Some(waiter) = next {
+        attempt(&waiter, effects);
+    }
+}
+
+/// Rejects the waiter registered under `cancel_id`, if any. `true` if there was one.
+pub(crate) fn cancel(lane: &LaneShared, cancel_id: u32, effects: &mut Effects) -> bool {
+    let waiter = lane.waiting.borrow().by_cancel_id.get(&cancel_id).cloned();
+    match waiter {
+        Some(waiter) => {
+            finish(&waiter, failed(EngineError::cancelled()), effects);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Ends every waiter with `err` (the Lock closed).
+pub(crate) fn end_all(lane: &LaneShared, err: &EngineError, effects: &mut Effects) {
+    let all: Vec<_> = lane
+        .waiting
+        .borrow()
+        .by_key
+        .values()
+        .flatten()
+        .cloned()
+        .collect();
+    for waiter in all {
+        finish(&waiter, failed(err.clone()), effects);
+    }
+}
+
+/// Settles the waiter's promise and lets go of its timer, listener and registration.
+fn finish(waiter: &Rc<RefCell<Waiter>>, outcome: Outcome, effects: &mut Effects) {
+    let (deferred, timer, watch, key, cancel_id, lane) = {
+        let mut w = waiter.borrow_mut();
+        let Some(deferred) = w.deferred.take() else {
+            return;
+        };
+        (
+            deferred,
+            std::mem::replace(&mut w.timer, ptr::null_mut()),
+            w.watch.take(),
+            w.key.clone(),
+            w.cancel_id,
+            w.lane.upgrade(),
+        )
+    };
+    effects.settlements.push((deferred, outcome));
+    if let Some(uv) = uv::uv()
+        && !timer.is_null()
+    {
+        unsafe { (uv.close)(timer, Some(on_timer_closed)) };
+    }
+    if let Some(lane) = lane {
+        let mut waiting = lane.waiting.borrow_mut();
+        if let Some(queue) = waiting.by_key.get_mut(&key) {
+            queue.retain(|w| !Rc::ptr_eq(w, waiter));
+            if queue.is_empty() {
+                waiting.by_key.remove(&key);
+            }
+        }
+        if cancel_id != 0 {
+            waiting.by_cancel_id.remove(&cancel_id);
+        }
+    }
+    // Unsubscribing may start the subscriber's task: give it the runtime.
+    napi::bindgen_prelude::within_runtime_if_available(|| drop(watch));
+}
+
+unsafe extern "C" fn on_timer(handle: *mut Handle) {
+    let Some(uv) = uv::uv() else { return };
+    let data = unsafe { (uv.get_data)(handle) } as *const RefCell<Waiter>;
+    if data.is_null() {
+        return;
+    }
+    // Borrow the handle's count for this call.
+    let waiter = unsafe {
+        Rc::increment_strong_count(data);
+        Rc::from_raw(data)
+    };
+    let Some(lane) = waiter.borrow().lane.upgrade() else {
+        return;
+    };
+    let mut effects = Effects::default();
+    attempt(&waiter, &mut effects);
+    lane.apply_in_callback(effects);
+}
+
+unsafe extern "C" fn on_timer_closed(handle: *mut Handle) {
+    let Some(uv) = uv::uv() else { return };
+    let data = unsafe { (uv.get_data)(handle) } as *const RefCell<Waiter>;
+    uv.free_handle(handle);
+    if !data.is_null() {
+        drop(unsafe { Rc::from_raw(data) });
+    }
+}
