@@ -221,8 +221,11 @@ fn wait_until(waiter: &Rc<RefCell<Waiter>>, at: tokio::time::Instant) {
         }));
     }
     let Some(uv) = uv::uv() else { return };
+    // libuv counts whole ms from the loop's cached time, so it can fire up to 1 ms early: an
+    // early attempt would pass for a notified one. Round up and add that ms.
     let wait = at.saturating_duration_since(tokio::time::Instant::now());
-    unsafe { (uv.timer_start)(w.timer, on_timer, wait.as_millis() as u64, 0) };
+    let ms = wait.as_micros().div_ceil(1000) as u64 + 1;
+    unsafe { (uv.timer_start)(w.timer, on_timer, ms, 0) };
 }
 
 /// Gives the first idle waiter for `key` an attempt now (a release was queued or heard).
