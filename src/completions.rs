@@ -35,6 +35,17 @@ pub(crate) struct Grant {
     pub valid_for_ms: f64,
 }
 
+impl Outcome {
+    /// An acquire's result: a grant for `acquireLease`, else the token (both `null` if held).
+    pub(crate) fn acquired(lease: bool, grant: Option<Grant>) -> Outcome {
+        if lease {
+            Outcome::Grant(grant)
+        } else {
+            Outcome::Token(grant.map(|g| g.token))
+        }
+    }
+}
+
 struct Deferred(sys::napi_deferred);
 // The deferred is only ever settled on the JS thread that created it; other threads carry it.
 unsafe impl Send for Deferred {}

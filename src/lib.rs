@@ -113,23 +113,7 @@ impl NativeLocker {
         wait: Option<WaitSettings>,
         cancel_id: u32,
     ) -> Result<PromiseRaw<'env, Option<String>>> {
-        if wait.is_none()
-            && cancel_id == 0
-            && let Some(promise) = self.acquire_on_lane(env, &key, ttl_ms, auto_extend, false)
-        {
-            return promise;
-        }
-        let options = acquire_options(ttl_ms, auto_extend, false, wait)?;
-        if let Some(promise) = self.wait_on_lane(env, &key, &options, cancel_id) {
-            return promise;
-        }
-        let acquiring = self.acquiring(key, options, cancel_id);
-        self.promise(env, async move {
-            match acquiring.await {
-                Ok(acquired) => Outcome::Token(acquired.map(|a| a.token)),
-                Err(err) => failed(err),
-            }
-        })
+        self.take(env, key, ttl_ms, auto_extend, wait, cancel_id, false)
     }
 
     /// Like `acquire`, and watches the lease so its loss is reported; resolves to a grant.
@@ -146,27 +130,7 @@ impl NativeLocker {
         wait: Option<WaitSettings>,
         cancel_id: u32,
     ) -> Result<PromiseRaw<'env, Option<String>>> {
-        if wait.is_none()
-            && cancel_id == 0
-            && let Some(promise) = self.acquire_on_lane(env, &key, ttl_ms, auto_extend, true)
-        {
-            return promise;
-        }
-        let options = acquire_options(ttl_ms, auto_extend, true, wait)?;
-        if let Some(promise) = self.wait_on_lane(env, &key, &options, cancel_id) {
-            return promise;
-        }
-        let acquiring = self.acquiring(key, options, cancel_id);
-        self.promise(env, async move {
-            match acquiring.await {
-                Ok(acquired) => Outcome::Grant(acquired.map(|acquired| Grant {
-                    valid_for_ms: acquired.time_left().as_secs_f64() * 1000.0,
-                    token: acquired.token,
-                    fence: acquired.fence,
-                })),
-                Err(err) => failed(err),
-            }
-        })
+        self.take(env, key, ttl_ms, auto_extend, wait, cancel_id, true)
     }
 
     /// Stops the waiting acquire registered under `cancelId`, if it still waits.
@@ -271,6 +235,44 @@ impl NativeLocker {
 }
 
 impl NativeLocker {
+    /// `acquire` and `acquireLease`: on the lane when it can take the call, else on the runtime.
+    #[allow(clippy::too_many_arguments)]
+    fn take<'env, T>(
+        &self,
+        env: &'env Env,
+        key: String,
+        ttl_ms: u32,
+        auto_extend: bool,
+        wait: Option<WaitSettings>,
+        cancel_id: u32,
+        lease: bool,
+    ) -> Result<PromiseRaw<'env, T>> {
+        if wait.is_none()
+            && cancel_id == 0
+            && let Some(promise) = self.acquire_on_lane(env, &key, ttl_ms, auto_extend, lease)
+        {
+            return promise;
+        }
+        let options = acquire_options(ttl_ms, auto_extend, lease, wait)?;
+        if let Some(promise) = self.wait_on_lane(env, &key, &options, cancel_id) {
+            return promise;
+        }
+        let acquiring = self.acquiring(key, options, cancel_id);
+        self.promise(env, async move {
+            match acquiring.await {
+                Ok(acquired) => Outcome::acquired(
+                    lease,
+                    acquired.map(|acquired| Grant {
+                        valid_for_ms: acquired.time_left().as_secs_f64() * 1000.0,
+                        token: acquired.token,
+                        fence: acquired.fence,
+                    }),
+                ),
+                Err(err) => failed(err),
+            }
+        })
+    }
+
     /// A single acquire attempt through the lane, if it is open.
     fn acquire_on_lane<'env, T>(
         &self,

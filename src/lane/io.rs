@@ -24,24 +24,17 @@ use napi::sys;
 use sdl_engine::wire::{self, RawStream, Reply, ReplyReader, WireCommand};
 use sdl_engine::{EngineError, ErrorKind as EngineErrorKind, Locker};
 
+use super::AcquireCall;
 use super::quorum::QuorumCall;
 use super::uv::{self, Handle, Uv};
 use super::wait::{self, AttemptReply, Waiter};
-use crate::completions::{Grant, Outcome, settle};
+use crate::completions::{Outcome, settle};
 use crate::errors::failed;
 
 /// What a pending call does with its reply.
 pub(crate) enum Op {
-    /// A single acquire attempt; `lease` answers with a grant instead of a token.
-    Acquire {
-        key: String,
-        token: String,
-        ttl: Duration,
-        sent_at: tokio::time::Instant,
-        auto_extend: bool,
-        watch: bool,
-        lease: bool,
-    },
+    /// A single acquire attempt.
+    Acquire(AcquireCall),
     /// An extend: `1` is true, and moves the tracked lease's deadline.
     Extend {
         token: String,
@@ -337,33 +330,9 @@ impl Io {
                 }
                 Err(bad) => unexpected(bad),
             },
-            Op::Acquire {
-                key,
-                token,
-                ttl,
-                sent_at,
-                auto_extend,
-                watch,
-                lease,
-            } => match wire::acquired(reply) {
-                Ok(Some(fence)) => {
-                    let locker = &self.locker;
-                    let deadline = napi::bindgen_prelude::within_runtime_if_available(|| {
-                        locker.adopt(&key, &token, ttl, sent_at, auto_extend, watch)
-                    });
-                    if lease {
-                        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                        Outcome::Grant(Some(Grant {
-                            token,
-                            fence,
-                            valid_for_ms: left.as_secs_f64() * 1000.0,
-                        }))
-                    } else {
-                        Outcome::Token(Some(token))
-                    }
-                }
-                Ok(None) if lease => Outcome::Grant(None),
-                Ok(None) => Outcome::Token(None),
+            Op::Acquire(call) => match wire::acquired(reply) {
+                Ok(Some(fence)) => call.granted(&self.locker, fence),
+                Ok(None) => call.refused(),
                 Err(bad) => unexpected(bad),
             },
         }

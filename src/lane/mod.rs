@@ -29,6 +29,8 @@ use napi::sys;
 use sdl_engine::wire::{self, RawStream};
 use sdl_engine::{EngineResult, Locker, ServerConfig};
 
+use crate::completions::{Grant, Outcome};
+
 pub(crate) use io::Op;
 use io::{Effects, Io};
 use quorum::{QuorumCall, QuorumOp};
@@ -36,6 +38,58 @@ pub(crate) use wait::WaitRequest;
 
 /// After a socket failed to open or broke, the runtime path serves alone for this long.
 const REOPEN_AFTER: Duration = Duration::from_secs(1);
+
+/// A single acquire attempt, with what it needs once answered.
+pub(crate) struct AcquireCall {
+    pub key: String,
+    pub token: String,
+    pub ttl: Duration,
+    pub sent_at: tokio::time::Instant,
+    pub auto_extend: bool,
+    /// `acquireLease`: the lease is watched, and the answer is a grant.
+    pub lease: bool,
+}
+
+impl AcquireCall {
+    fn new(key: &str, ttl: Duration, auto_extend: bool, lease: bool) -> Self {
+        Self {
+            key: key.to_owned(),
+            token: sdl_engine::new_token(),
+            ttl,
+            sent_at: tokio::time::Instant::now(),
+            auto_extend,
+            lease,
+        }
+    }
+
+    /// The lock was granted: the engine tracks it like its own; the caller gets the outcome.
+    pub(crate) fn granted(&self, locker: &Locker, fence: Option<i64>) -> Outcome {
+        let deadline = napi::bindgen_prelude::within_runtime_if_available(|| {
+            locker.adopt(
+                &self.key,
+                &self.token,
+                self.ttl,
+                self.sent_at,
+                self.auto_extend,
+                self.lease,
+            )
+        });
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        Outcome::acquired(
+            self.lease,
+            Some(Grant {
+                token: self.token.clone(),
+                fence,
+                valid_for_ms: left.as_secs_f64() * 1000.0,
+            }),
+        )
+    }
+
+    /// The lock is held by someone else.
+    pub(crate) fn refused(&self) -> Outcome {
+        Outcome::acquired(self.lease, None)
+    }
+}
 
 /// A call the lane can make.
 pub(crate) enum LaneCall<'a> {
@@ -208,18 +262,9 @@ impl LaneShared {
                 auto_extend,
                 lease,
             } => {
-                let token = sdl_engine::new_token();
-                let command = wire::acquire_command(key, &token, ttl, self.locker.fencing());
-                let op = Op::Acquire {
-                    key: key.to_owned(),
-                    token,
-                    ttl,
-                    sent_at: now,
-                    auto_extend,
-                    watch: lease,
-                    lease,
-                };
-                (command, op)
+                let call = AcquireCall::new(key, ttl, auto_extend, lease);
+                let command = wire::acquire_command(key, &call.token, ttl, self.locker.fencing());
+                (command, Op::Acquire(call))
             }
             LaneCall::Release { key, token } => (
                 wire::release_command(key, token),
@@ -266,20 +311,11 @@ impl LaneShared {
                 auto_extend,
                 lease,
             } => {
-                let token = sdl_engine::new_token();
+                let call = AcquireCall::new(key, ttl, auto_extend, lease);
                 let fencing = self.locker.fencing();
-                let (k, t) = (key.to_owned(), token.clone());
+                let (k, t) = (key.to_owned(), call.token.clone());
                 let command = Box::new(move || wire::acquire_command(&k, &t, ttl, fencing));
-                let op = QuorumOp::Acquire {
-                    key: key.to_owned(),
-                    token,
-                    ttl,
-                    sent_at: now,
-                    auto_extend,
-                    watch: lease,
-                    lease,
-                };
-                (op, command)
+                (QuorumOp::Acquire(call), command)
             }
             LaneCall::Release { key, token } => {
                 let (k, t) = (key.to_owned(), token.to_owned());

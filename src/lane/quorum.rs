@@ -12,21 +12,14 @@ use napi::sys;
 use sdl_engine::wire;
 use sdl_engine::{EngineError, Locker, Tally};
 
+use super::AcquireCall;
 use super::io::{Effects, Io};
-use crate::completions::{Grant, Outcome};
+use crate::completions::Outcome;
 use crate::errors::failed;
 
 /// What a Redlock call does, with what it needs once decided.
 pub(crate) enum QuorumOp {
-    Acquire {
-        key: String,
-        token: String,
-        ttl: Duration,
-        sent_at: tokio::time::Instant,
-        auto_extend: bool,
-        watch: bool,
-        lease: bool,
-    },
+    Acquire(AcquireCall),
     Release {
         key: String,
     },
@@ -79,7 +72,7 @@ impl QuorumCall {
             return Answer::Failed(wire::reply_error(message, target));
         }
         let read = match self.op {
-            QuorumOp::Acquire { .. } => wire::acquired(reply).map(|fence| match fence {
+            QuorumOp::Acquire(_) => wire::acquired(reply).map(|fence| match fence {
                 Some(fence) => Answer::Yes(fence),
                 None => Answer::No,
             }),
@@ -112,45 +105,23 @@ impl QuorumCall {
         let tally = std::mem::replace(&mut self.tally, Tally::new(self.ios.len()));
         let locker = &self.locker;
         let outcome = match &self.op {
-            QuorumOp::Acquire {
-                key,
-                token,
-                ttl,
-                sent_at,
-                auto_extend,
-                watch,
-                lease,
-            } => {
-                let valid_until = locker.deadline_for(*sent_at, *ttl);
+            QuorumOp::Acquire(call) => {
+                let valid_until = locker.deadline_for(call.sent_at, call.ttl);
                 let timed_out = tokio::time::Instant::now() >= valid_until;
                 match tally.outcome("acquire", timed_out) {
                     Ok(Some(fences)) => {
                         let fence = fences.into_iter().flatten().max();
-                        let deadline = napi::bindgen_prelude::within_runtime_if_available(|| {
-                            locker.adopt(key, token, *ttl, *sent_at, *auto_extend, *watch)
-                        });
-                        if *lease {
-                            let left =
-                                deadline.saturating_duration_since(tokio::time::Instant::now());
-                            Outcome::Grant(Some(Grant {
-                                token: token.clone(),
-                                fence,
-                                valid_for_ms: left.as_secs_f64() * 1000.0,
-                            }))
-                        } else {
-                            Outcome::Token(Some(token.clone()))
-                        }
+                        call.granted(locker, fence)
                     }
                     refused => {
                         // Release everywhere, behind each master's own attempt.
                         for io in &self.ios {
                             effects
                                 .sends
-                                .push((io.clone(), wire::release_command(key, token)));
+                                .push((io.clone(), wire::release_command(&call.key, &call.token)));
                         }
                         match refused {
-                            Ok(_) if *lease => Outcome::Grant(None),
-                            Ok(_) => Outcome::Token(None),
+                            Ok(_) => call.refused(),
                             Err(err) => failed(err),
                         }
                     }

@@ -19,10 +19,11 @@ use std::time::Duration;
 use napi::sys;
 use sdl_engine::{EngineError, ReleaseWatch, WaitPlan, wire};
 
+use super::AcquireCall;
 use super::LaneShared;
 use super::io::{self, Effects};
 use super::uv::{self, Handle};
-use crate::completions::{Grant, Outcome};
+use crate::completions::Outcome;
 use crate::errors::failed;
 
 /// What the server said to a waiter's attempt.
@@ -158,7 +159,9 @@ pub(crate) fn on_reply(waiter: &Rc<RefCell<Waiter>>, reply: AttemptReply, effect
             && let Some(lane) = w.lane.upgrade()
             && let Some(io) = lane.single_io()
         {
-            effects.sends.push((io, wire::release_command(&w.key, &token)));
+            effects
+                .sends
+                .push((io, wire::release_command(&w.key, &token)));
         }
         return;
     }
@@ -171,20 +174,15 @@ pub(crate) fn on_reply(waiter: &Rc<RefCell<Waiter>>, reply: AttemptReply, effect
             let outcome = {
                 let w = waiter.borrow();
                 let Some(lane) = w.lane.upgrade() else { return };
-                let locker = &lane.locker;
-                let deadline = napi::bindgen_prelude::within_runtime_if_available(|| {
-                    locker.adopt(&w.key, &token, w.ttl, sent_at, w.auto_extend, w.lease)
-                });
-                if w.lease {
-                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    Outcome::Grant(Some(Grant {
-                        token,
-                        fence,
-                        valid_for_ms: left.as_secs_f64() * 1000.0,
-                    }))
-                } else {
-                    Outcome::Token(Some(token))
-                }
+                let call = AcquireCall {
+                    key: w.key.clone(),
+                    token,
+                    ttl: w.ttl,
+                    sent_at,
+                    auto_extend: w.auto_extend,
+                    lease: w.lease,
+                };
+                call.granted(&lane.locker, fence)
             };
             finish(waiter, outcome, effects);
         }
@@ -196,11 +194,7 @@ pub(crate) fn on_reply(waiter: &Rc<RefCell<Waiter>>, reply: AttemptReply, effect
                 .after_held(tokio::time::Instant::now());
             match next {
                 None => {
-                    let outcome = if waiter.borrow().lease {
-                        Outcome::Grant(None)
-                    } else {
-                        Outcome::Token(None)
-                    };
+                    let outcome = Outcome::acquired(waiter.borrow().lease, None);
                     finish(waiter, outcome, effects);
                 }
                 Some(at) => wait_until(waiter, at),

@@ -30,9 +30,9 @@ pub use leases::{DEFAULT_DRIFT_FACTOR, LostCallback, LostLease, LostReason, safe
 pub use locker::{
     AcquireOptions, Acquired, Locker, LockerOptions, ReleaseWatch, RetryPolicy, WaitPlan,
 };
-pub use waiters::ReleaseListener;
 pub use quorum::Tally;
 pub use sentinel::SentinelConfig;
 pub use token::new_token;
 /// Cancels a waiting `acquire` (the binding wires an `AbortSignal` to one).
 pub use tokio_util::sync::CancellationToken;
+pub use waiters::ReleaseListener;

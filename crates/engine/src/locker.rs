@@ -373,14 +373,13 @@ impl Locker {
     }
 
     fn waiters(&self) -> &Waiters {
-        self.waiters
-            .get_or_init(|| {
-                Waiters::new(
-                    self.backend.clone(),
-                    self.closed.clone(),
-                    self.on_released.clone(),
-                )
-            })
+        self.waiters.get_or_init(|| {
+            Waiters::new(
+                self.backend.clone(),
+                self.closed.clone(),
+                self.on_released.clone(),
+            )
+        })
     }
 
     fn ensure_open(&self) -> EngineResult<()> {

@@ -5,22 +5,12 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{RedisServer, free_port};
+use common::{RedisServer, free_port, once};
 use redis::AsyncCommands;
 use sdl_engine::{
     AcquireOptions, ErrorKind, Locker, LockerOptions, LostLease, LostReason, RetryPolicy,
     ServerConfig,
 };
-
-fn once(ttl_ms: u64) -> AcquireOptions {
-    AcquireOptions {
-        ttl: Duration::from_millis(ttl_ms),
-        retry: RetryPolicy::ONCE,
-        auto_extend: false,
-        watch: false,
-        replicas: None,
-    }
-}
 
 fn with_lost(on_lost: sdl_engine::LostCallback) -> LockerOptions {
     LockerOptions {

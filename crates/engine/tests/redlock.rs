@@ -5,7 +5,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::RedisServer;
+use common::{RedisServer, once};
 use redis::AsyncCommands;
 use sdl_engine::{
     AcquireOptions, ErrorKind, Locker, LockerOptions, RetryPolicy, ServerConfig, Topology,
@@ -18,16 +18,6 @@ fn masters(n: usize) -> Vec<RedisServer> {
 fn redlock(servers: &[RedisServer]) -> Locker {
     let topology = Topology::Redlock(servers.iter().map(RedisServer::config).collect());
     Locker::new(topology, LockerOptions::default()).unwrap()
-}
-
-fn once(ttl_ms: u64) -> AcquireOptions {
-    AcquireOptions {
-        ttl: Duration::from_millis(ttl_ms),
-        retry: RetryPolicy::ONCE,
-        auto_extend: false,
-        watch: false,
-        replicas: None,
-    }
 }
 
 async fn value_on(server: &RedisServer, key: &str) -> Option<String> {

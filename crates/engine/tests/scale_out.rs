@@ -7,22 +7,13 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::once;
 use common::topology::{Cluster, SentinelGroup};
 use redis::AsyncCommands;
 use sdl_engine::{
-    AcquireOptions, ErrorKind, Locker, LockerOptions, ReplicaAck, RetryPolicy, SentinelConfig,
-    ServerConfig, Topology,
+    AcquireOptions, ErrorKind, Locker, LockerOptions, ReplicaAck, SentinelConfig, ServerConfig,
+    Topology,
 };
-
-fn once(ttl_ms: u64) -> AcquireOptions {
-    AcquireOptions {
-        ttl: Duration::from_millis(ttl_ms),
-        retry: RetryPolicy::ONCE,
-        auto_extend: false,
-        watch: false,
-        replicas: None,
-    }
-}
 
 fn cluster_locker(cluster: &Cluster) -> Locker {
     let nodes = cluster

@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sdl_engine::ServerConfig;
+use sdl_engine::{AcquireOptions, RetryPolicy, ServerConfig};
 
 pub struct RedisServer {
     pub port: u16,
@@ -108,5 +108,16 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// One acquire attempt with this ttl, nothing else (v1's defaults).
+pub fn once(ttl_ms: u64) -> AcquireOptions {
+    AcquireOptions {
+        ttl: Duration::from_millis(ttl_ms),
+        retry: RetryPolicy::ONCE,
+        auto_extend: false,
+        watch: false,
+        replicas: None,
     }
 }
