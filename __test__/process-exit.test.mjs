@@ -4,6 +4,7 @@
 import './helpers/tripwire.mjs';
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { RedisServer, freePort } from './helpers/redis-server.mjs';
 import { runWorkers } from './helpers/workers.mjs';
 
@@ -67,4 +68,47 @@ test('worker threads that use a Lock exit or are terminated without harming the 
   const finishing = new Worker(`${body('natural:').replace('for (let i = 0; ; i++)', 'for (let i = 0; i < 60; i++)')}`, { eval: true });
   const code = await new Promise((resolve) => finishing.once('exit', resolve));
   assert.equal(code, 0, 'a worker whose work is done exits by itself');
+});
+
+test('a worker terminated while its acquire waits does not bring the process down', async () => {
+  const { Worker } = await import('node:worker_threads');
+  const raw = server.client();
+  await raw.set('lock:worker-waits', 'someone', 'PX', 30000);
+  const entry = new URL('../index.js', import.meta.url).pathname;
+  const code = `
+    const { Lock } = require(${JSON.stringify(entry)});
+    const lock = new Lock(${JSON.stringify(server.url)});
+    (async () => {
+      for (let i = 0; i < 5; i++) {
+        const t = await lock.acquire('warm' + i);
+        await lock.release('warm' + i, t);
+      }
+      require('node:worker_threads').parentPort.postMessage('waiting');
+      await lock.acquire('worker-waits', { retryCount: Infinity, retryDelay: 20 });
+    })();`;
+  for (let round = 0; round < 3; round++) {
+    const worker = new Worker(code, { eval: true });
+    await new Promise((resolve) => worker.once('message', resolve));
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    await worker.terminate();
+  }
+  await raw.del('lock:worker-waits');
+});
+
+test('a waiting acquire on a Lock nobody references any more still completes', async () => {
+  const raw = server.client();
+  await raw.set('lock:orphan-wait', 'someone', 'PX', 30000);
+  setTimeout(() => void raw.del('lock:orphan-wait'), 600);
+  const output = await new Promise((resolve, reject) => {
+    const script = new URL('./fixtures/orphan-waiter.cjs', import.meta.url).pathname;
+    const child = spawn(process.execPath, ['--expose-gc', script, server.url], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let text = '';
+    child.stdout.on('data', (d) => (text += d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), 15000);
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      code === 0 ? resolve(text) : reject(new Error(`exit ${code}: ${text}`));
+    });
+  });
+  assert.match(String(output), /^acquired [0-9a-f]{32}$/m);
 });

@@ -141,6 +141,10 @@ pub(crate) struct LaneShared {
     /// For settling from the lane's own timers (a callback scope needs an async context).
     async_context: sys::napi_async_context,
     resource: sys::napi_ref,
+    /// The Lock was collected: close the sockets once the last waiter is done.
+    dropped: std::cell::Cell<bool>,
+    /// The environment is being torn down: no more Node-API calls.
+    env_gone: std::cell::Cell<bool>,
 }
 
 impl Lane {
@@ -159,18 +163,28 @@ impl Lane {
         };
         let (async_context, resource) = unsafe { io::async_context(env.raw()) }
             .unwrap_or((std::ptr::null_mut(), std::ptr::null_mut()));
-        Self {
-            shared: Rc::new(LaneShared {
-                nodes,
-                closed: RefCell::new(false),
-                locker,
-                error_classes,
-                waiting: RefCell::default(),
-                env: env.raw(),
-                async_context,
-                resource,
-            }),
-        }
+        let shared = Rc::new(LaneShared {
+            nodes,
+            closed: RefCell::new(false),
+            locker,
+            error_classes,
+            waiting: RefCell::default(),
+            env: env.raw(),
+            async_context,
+            resource,
+            dropped: std::cell::Cell::new(false),
+            env_gone: std::cell::Cell::new(false),
+        });
+        // The waiters' timers must be closed before a worker's loop is (LaneShared::drop
+        // removes the hook when the lane goes first).
+        unsafe {
+            sys::napi_add_env_cleanup_hook(
+                env.raw(),
+                Some(on_env_cleanup),
+                Rc::as_ptr(&shared) as *mut std::ffi::c_void,
+            )
+        };
+        Self { shared }
     }
 
     /// A waiting acquire on the lane (one plain server only), or `None` for the runtime path.
@@ -382,15 +396,50 @@ impl LaneShared {
     }
 }
 
+impl LaneShared {
+    /// Each socket closes once its pending calls have settled.
+    fn abandon_nodes(&self) {
+        for node in &self.nodes {
+            if let Phase::Ready(io) = node.phase.replace(Phase::Idle { open_after: None }) {
+                io::abandon(&io);
+            }
+        }
+    }
+
+    /// A waiter finished: if the Lock is gone and nobody waits any more, close the sockets.
+    pub(crate) fn waiter_done(&self) {
+        if self.dropped.get() && self.waiting.borrow().is_empty() {
+            self.abandon_nodes();
+        }
+    }
+}
+
 impl Drop for LaneShared {
     fn drop(&mut self) {
-        if !self.resource.is_null() {
-            unsafe {
+        if self.env_gone.get() {
+            return;
+        }
+        unsafe {
+            sys::napi_remove_env_cleanup_hook(
+                self.env,
+                Some(on_env_cleanup),
+                self as *const LaneShared as *mut std::ffi::c_void,
+            );
+            if !self.resource.is_null() {
                 sys::napi_async_destroy(self.env, self.async_context);
                 sys::napi_delete_reference(self.env, self.resource);
             }
         }
     }
+}
+
+/// The environment is being torn down: end the waiters (nothing is settled any more) so their
+/// timers close before the loop does.
+unsafe extern "C" fn on_env_cleanup(arg: *mut std::ffi::c_void) {
+    let shared = unsafe { &*(arg as *const LaneShared) };
+    shared.env_gone.set(true);
+    let mut ignored = Effects::default();
+    wait::end_all(shared, &io::closed_error(), &mut ignored);
 }
 
 impl Node {
@@ -461,13 +510,11 @@ impl Node {
 }
 
 impl Drop for Lane {
-    /// The locker was collected: each socket closes once its pending calls have settled.
+    /// The locker was collected: the sockets close once the pending calls have settled and the
+    /// waiters (who keep the lane alive) are done.
     fn drop(&mut self) {
-        for node in &self.shared.nodes {
-            if let Phase::Ready(io) = node.phase.replace(Phase::Idle { open_after: None }) {
-                io::abandon(&io);
-            }
-        }
+        self.shared.dropped.set(true);
+        self.shared.waiter_done();
     }
 }
 

@@ -13,7 +13,7 @@ use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::ffi::c_void;
 use std::ptr;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use std::time::Duration;
 
 use napi::sys;
@@ -49,7 +49,8 @@ pub(crate) struct Waiter {
     attempting: bool,
     watch: Option<ReleaseWatch>,
     cancel_id: u32,
-    lane: Weak<LaneShared>,
+    /// Strong: a waiter keeps its lane (and Lock engine) alive until it is done.
+    lane: Rc<LaneShared>,
 }
 
 /// The waiters of one lane, first come first served per key.
@@ -57,6 +58,12 @@ pub(crate) struct Waiter {
 pub(crate) struct Waiting {
     by_key: HashMap<String, VecDeque<Rc<RefCell<Waiter>>>>,
     by_cancel_id: HashMap<u32, Rc<RefCell<Waiter>>>,
+}
+
+impl Waiting {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
 }
 
 pub(crate) struct WaitRequest {
@@ -94,7 +101,7 @@ pub(crate) fn start(
         attempting: false,
         watch: None,
         cancel_id: request.cancel_id,
-        lane: Rc::downgrade(lane),
+        lane: lane.clone(),
     }));
     unsafe { (uv.set_data)(timer, Rc::into_raw(waiter.clone()) as *mut c_void) };
     {
@@ -124,9 +131,8 @@ pub(crate) fn attempt(waiter: &Rc<RefCell<Waiter>>, effects: &mut Effects) {
         if w.attempting || w.deferred.is_none() {
             return;
         }
-        let Some(lane) = w.lane.upgrade() else { return };
         w.attempting = true;
-        (lane, w.key.clone(), w.ttl)
+        (w.lane.clone(), w.key.clone(), w.ttl)
     };
     let Some(io) = lane.single_io() else {
         let err = EngineError::new(
@@ -156,8 +162,7 @@ pub(crate) fn on_reply(waiter: &Rc<RefCell<Waiter>>, reply: AttemptReply, effect
         // Ended meanwhile (cancelled, closed): a lock this attempt took goes back at once.
         let w = waiter.borrow();
         if let AttemptReply::Granted { token, .. } = reply
-            && let Some(lane) = w.lane.upgrade()
-            && let Some(io) = lane.single_io()
+            && let Some(io) = w.lane.single_io()
         {
             effects
                 .sends
@@ -173,7 +178,6 @@ pub(crate) fn on_reply(waiter: &Rc<RefCell<Waiter>>, reply: AttemptReply, effect
         } => {
             let outcome = {
                 let w = waiter.borrow();
-                let Some(lane) = w.lane.upgrade() else { return };
                 let call = AcquireCall {
                     key: w.key.clone(),
                     token,
@@ -182,7 +186,7 @@ pub(crate) fn on_reply(waiter: &Rc<RefCell<Waiter>>, reply: AttemptReply, effect
                     auto_extend: w.auto_extend,
                     lease: w.lease,
                 };
-                call.granted(&lane.locker, fence)
+                call.granted(&w.lane.locker, fence)
             };
             finish(waiter, outcome, effects);
         }
@@ -206,10 +210,8 @@ pub(crate) fn on_reply(waiter: &Rc<RefCell<Waiter>>, reply: AttemptReply, effect
 /// Arms the retry timer, and listens for releases of the key (once).
 fn wait_until(waiter: &Rc<RefCell<Waiter>>, at: tokio::time::Instant) {
     let mut w = waiter.borrow_mut();
-    if w.watch.is_none()
-        && let Some(lane) = w.lane.upgrade()
-    {
-        let key = w.key.clone();
+    if w.watch.is_none() {
+        let (lane, key) = (w.lane.clone(), w.key.clone());
         w.watch = Some(napi::bindgen_prelude::within_runtime_if_available(|| {
             lane.locker.watch_releases(&key)
         }));
@@ -275,7 +277,7 @@ fn finish(waiter: &Rc<RefCell<Waiter>>, outcome: Outcome, effects: &mut Effects)
             w.watch.take(),
             w.key.clone(),
             w.cancel_id,
-            w.lane.upgrade(),
+            w.lane.clone(),
         )
     };
     effects.settlements.push((deferred, outcome));
@@ -284,7 +286,7 @@ fn finish(waiter: &Rc<RefCell<Waiter>>, outcome: Outcome, effects: &mut Effects)
     {
         unsafe { (uv.close)(timer, Some(on_timer_closed)) };
     }
-    if let Some(lane) = lane {
+    {
         let mut waiting = lane.waiting.borrow_mut();
         if let Some(queue) = waiting.by_key.get_mut(&key) {
             queue.retain(|w| !Rc::ptr_eq(w, waiter));
@@ -298,6 +300,7 @@ fn finish(waiter: &Rc<RefCell<Waiter>>, outcome: Outcome, effects: &mut Effects)
     }
     // Unsubscribing may start the subscriber's task: give it the runtime.
     napi::bindgen_prelude::within_runtime_if_available(|| drop(watch));
+    lane.waiter_done();
 }
 
 unsafe extern "C" fn on_timer(handle: *mut Handle) {
@@ -311,9 +314,7 @@ unsafe extern "C" fn on_timer(handle: *mut Handle) {
         Rc::increment_strong_count(data);
         Rc::from_raw(data)
     };
-    let Some(lane) = waiter.borrow().lane.upgrade() else {
-        return;
-    };
+    let lane = waiter.borrow().lane.clone();
     let mut effects = Effects::default();
     attempt(&waiter, &mut effects);
     lane.apply_in_callback(effects);
