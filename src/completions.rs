@@ -217,11 +217,6 @@ impl Completions {
     pub(crate) fn on_event(&self, handler: EventHandler) {
         *self.shared.on_event.borrow_mut() = Some(handler);
     }
-
-    /// The facade's error classes (a reference valid on the JS thread while this lives).
-    pub(crate) fn error_classes(&self) -> sys::napi_ref {
-        self.shared.error_classes
-    }
 }
 
 impl Shared {

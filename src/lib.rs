@@ -63,6 +63,7 @@ impl NativeLocker {
         error_classes: Object,
         on_lost: Function<'_, LostArgs, ()>,
     ) -> Result<Self> {
+        let classes = error_classes.raw();
         let completions = Completions::new(env, error_classes)?;
         let topology = topology.into_topology()?;
         let drift_factor = options.drift_factor()?;
@@ -88,7 +89,7 @@ impl NativeLocker {
         )
         .map_err(to_js_error)?;
         let inner = Arc::new(locker);
-        let lane = Lane::new(env, inner.clone(), completions.error_classes());
+        let lane = Lane::new(env, inner.clone(), classes);
         let heard = lane.release_listener();
         completions.on_event(Box::new(move |event| match event {
             Event::Released(key) => heard(&key),

@@ -25,6 +25,7 @@ use sdl_engine::wire::{self, RawStream, Reply, ReplyReader, WireCommand};
 use sdl_engine::{EngineError, ErrorKind as EngineErrorKind, Locker};
 
 use super::AcquireCall;
+use super::env::LaneEnv;
 use super::quorum::QuorumCall;
 use super::uv::{self, Handle, Uv};
 use super::wait::{self, AttemptReply, Waiter};
@@ -71,12 +72,22 @@ struct Pending {
 #[derive(Default)]
 pub(crate) struct Effects {
     pub(crate) settlements: Vec<(sys::napi_deferred, Outcome)>,
-    pub(crate) sends: Vec<(Rc<RefCell<Io>>, WireCommand)>,
+    pub(crate) releases: Vec<GiveBack>,
     pub(crate) waiter_replies: Vec<(Rc<RefCell<Waiter>>, AttemptReply)>,
 }
 
+/// A lock to give back that nobody waits for: a refused Redlock acquire's grants, a cancelled
+/// waiter's late grant. On the master's lane socket when it is open (behind that master's own
+/// attempt), else on the runtime, so it is never dropped.
+pub(crate) struct GiveBack {
+    pub(crate) io: Option<Rc<RefCell<Io>>>,
+    pub(crate) locker: Arc<Locker>,
+    pub(crate) key: String,
+    pub(crate) token: String,
+}
+
 pub(crate) struct Io {
-    env: sys::napi_env,
+    lane_env: Rc<LaneEnv>,
     uv: &'static Uv,
     stream: Option<RawStream>,
     poll: *mut Handle,
@@ -90,12 +101,9 @@ pub(crate) struct Io {
     flushing: bool,
     closing: bool,
     abandoned: bool,
-    /// The environment is being torn down: no more Node-API calls.
-    env_gone: bool,
     hook: *const RefCell<Io>,
     async_context: sys::napi_async_context,
     resource: sys::napi_ref,
-    error_classes: sys::napi_ref,
     locker: Arc<Locker>,
     target: String,
     command_timeout: Duration,
@@ -104,13 +112,13 @@ pub(crate) struct Io {
 impl Io {
     /// Puts an opened socket on this environment's event loop. `None` if libuv refuses.
     pub(crate) fn install(
-        env: sys::napi_env,
+        lane_env: &Rc<LaneEnv>,
         stream: RawStream,
         locker: Arc<Locker>,
-        error_classes: sys::napi_ref,
         target: String,
         command_timeout: Duration,
     ) -> Option<Rc<RefCell<Io>>> {
+        let env = lane_env.env();
         let uv = uv::uv()?;
         let fd = raw_fd(&stream)?;
         set_nonblocking(&stream).ok()?;
@@ -121,7 +129,7 @@ impl Io {
         }
         let (async_context, resource) = unsafe { async_context(env)? };
         let io = Rc::new(RefCell::new(Io {
-            env,
+            lane_env: lane_env.clone(),
             uv,
             stream: Some(stream),
             poll: uv.alloc_handle(),
@@ -135,16 +143,14 @@ impl Io {
             flushing: false,
             closing: false,
             abandoned: false,
-            env_gone: false,
             hook: ptr::null(),
             async_context,
             resource,
-            error_classes,
             locker,
             target,
             command_timeout,
         }));
-        let started = {
+        let (handles, inits) = {
             let me = io.borrow();
             let handles = [me.poll, me.timer, me.prepare, me.check];
             let inits = unsafe {
@@ -155,21 +161,30 @@ impl Io {
                     (uv.check_init)(event_loop.cast(), me.check),
                 ]
             };
-            if inits.iter().any(|&r| r != 0) {
-                false
-            } else {
-                for handle in handles {
-                    // Each handle holds the Io until its close callback gives it back.
-                    unsafe {
-                        (uv.set_data)(handle, Rc::into_raw(io.clone()) as *mut c_void);
-                        (uv.unref_handle)(handle);
-                    }
-                }
-                unsafe { (uv.poll_start)(me.poll, uv::READABLE, on_poll) == 0 }
-            }
+            (handles, inits)
         };
-        if !started {
-            // Handles that never initialized are only memory; the rest would leak quietly.
+        if inits.iter().any(|&r| r != 0) {
+            // Close what did initialize (libuv still knows it), free what did not.
+            for (handle, init) in handles.into_iter().zip(inits) {
+                if init == 0 {
+                    unsafe { (uv.close)(handle, Some(free_only)) };
+                } else {
+                    uv.free_handle(handle);
+                }
+            }
+            return None;
+        }
+        for handle in handles {
+            // Each handle holds the Io until its close callback gives it back.
+            unsafe {
+                (uv.set_data)(handle, Rc::into_raw(io.clone()) as *mut c_void);
+                (uv.unref_handle)(handle);
+            }
+        }
+        let polling = unsafe { (uv.poll_start)(handles[0], uv::READABLE, on_poll) } == 0;
+        if !polling {
+            let mut ignored = Effects::default();
+            io.borrow_mut().shut_down(&closed_error(), &mut ignored);
             return None;
         }
         let hook = Rc::into_raw(io.clone());
@@ -412,9 +427,9 @@ impl Io {
                 (self.uv.close)(handle, Some(close));
             }
             if !self.hook.is_null() {
-                if !self.env_gone {
+                if !self.lane_env.is_gone() {
                     sys::napi_remove_env_cleanup_hook(
-                        self.env,
+                        self.lane_env.env(),
                         Some(on_env_cleanup),
                         self.hook as *mut c_void,
                     );
@@ -428,10 +443,11 @@ impl Io {
 
 impl Drop for Io {
     fn drop(&mut self) {
-        if !self.env_gone {
+        if !self.lane_env.is_gone() {
+            let env = self.lane_env.env();
             unsafe {
-                sys::napi_async_destroy(self.env, self.async_context);
-                sys::napi_delete_reference(self.env, self.resource);
+                sys::napi_async_destroy(env, self.async_context);
+                sys::napi_delete_reference(env, self.resource);
             }
         }
     }
@@ -515,8 +531,7 @@ fn enqueue(io: &Rc<RefCell<Io>>, target: Target, command: WireCommand, op: Op, d
 /// commands, then settles the promises in a callback scope (their microtasks run at its end).
 pub(crate) unsafe fn apply(
     mut effects: Effects,
-    env: sys::napi_env,
-    error_classes: sys::napi_ref,
+    lane_env: &LaneEnv,
     scope: Option<(sys::napi_ref, sys::napi_async_context)>,
 ) {
     // A waiter's reply may queue its next attempt (or end it): before settling anything.
@@ -525,13 +540,29 @@ pub(crate) unsafe fn apply(
             wait::on_reply(&waiter, reply, &mut effects);
         }
     }
-    for (io, command) in effects.sends {
-        let deadline = Instant::now() + io.borrow().command_timeout();
-        enqueue(&io, Target::Ignore, command, Op::Flag, deadline);
+    for give_back in effects.releases {
+        let open = give_back.io.filter(|io| !io.borrow().closing);
+        match open {
+            Some(io) => {
+                let deadline = Instant::now() + io.borrow().command_timeout();
+                let command = wire::release_command(&give_back.key, &give_back.token);
+                enqueue(&io, Target::Ignore, command, Op::Flag, deadline);
+            }
+            None => {
+                let GiveBack {
+                    locker, key, token, ..
+                } = give_back;
+                napi::bindgen_prelude::spawn(async move {
+                    // Best effort: if Redis is unreachable too, the lock expires at its ttl.
+                    let _ = locker.release(&key, &token).await;
+                });
+            }
+        }
     }
-    if effects.settlements.is_empty() {
+    if effects.settlements.is_empty() || lane_env.is_gone() {
         return;
     }
+    let env = lane_env.env();
     unsafe {
         let mut handle_scope = ptr::null_mut();
         sys::napi_open_handle_scope(env, &mut handle_scope);
@@ -542,7 +573,7 @@ pub(crate) unsafe fn apply(
             sys::napi_open_callback_scope(env, object, async_context, &mut callback_scope);
         }
         for (deferred, outcome) in effects.settlements {
-            settle(env, error_classes, deferred, outcome);
+            settle(env, lane_env.error_classes(), deferred, outcome);
         }
         if !callback_scope.is_null() {
             sys::napi_close_callback_scope(env, callback_scope);
@@ -551,18 +582,16 @@ pub(crate) unsafe fn apply(
     }
 }
 
-/// Closes the lane now: pending calls reject with `err`. `env` is given when JS may run (a
-/// napi call), `None` during environment teardown (then nothing is settled).
 pub(crate) fn shut(io: &Rc<RefCell<Io>>, env: Option<sys::napi_env>, err: EngineError) {
     let mut effects = Effects::default();
-    let (error_classes, raw_env) = {
+    let lane_env = {
         let mut me = io.borrow_mut();
         me.shut_down(&err, &mut effects);
-        (me.error_classes, me.env)
+        me.lane_env.clone()
     };
     if env.is_some() {
         // In a napi call already: no callback scope needed, microtasks run after it returns.
-        unsafe { apply(effects, raw_env, error_classes, None) };
+        unsafe { apply(effects, &lane_env, None) };
     }
 }
 
@@ -591,7 +620,7 @@ unsafe fn with_io(handle: *mut Handle, body: impl FnOnce(&mut Io, &mut Effects))
     }
     let cell = unsafe { &*data };
     let mut effects = Effects::default();
-    let (env, error_classes, resource, async_context) = {
+    let (lane_env, resource, async_context) = {
         let mut me = cell.borrow_mut();
         if me.closing {
             return;
@@ -602,9 +631,9 @@ unsafe fn with_io(handle: *mut Handle, body: impl FnOnce(&mut Io, &mut Effects))
         if me.abandoned && me.pending.is_empty() && !me.closing {
             me.shut_down(&closed_error(), &mut effects);
         }
-        (me.env, me.error_classes, me.resource, me.async_context)
+        (me.lane_env.clone(), me.resource, me.async_context)
     };
-    unsafe { apply(effects, env, error_classes, Some((resource, async_context))) };
+    unsafe { apply(effects, &lane_env, Some((resource, async_context))) };
 }
 
 unsafe extern "C" fn on_poll(handle: *mut Handle, status: c_int, events: c_int) {
@@ -657,7 +686,7 @@ unsafe extern "C" fn on_timer(handle: *mut Handle) {
 }
 
 impl Io {
-    fn command_timeout(&self) -> Duration {
+    pub(crate) fn command_timeout(&self) -> Duration {
         self.command_timeout
     }
 
@@ -683,6 +712,13 @@ unsafe extern "C" fn on_handle_closed(handle: *mut Handle) {
     }
 }
 
+/// A handle that never got its data: only its memory to free.
+unsafe extern "C" fn free_only(handle: *mut Handle) {
+    if let Some(uv) = uv::uv() {
+        uv.free_handle(handle);
+    }
+}
+
 unsafe extern "C" fn on_poll_closed(handle: *mut Handle) {
     // The socket may close only once its poll handle is closed.
     let Some(uv) = uv::uv() else { return };
@@ -703,7 +739,7 @@ unsafe extern "C" fn on_env_cleanup(arg: *mut c_void) {
     }
     let mut ignored = Effects::default();
     if let Ok(mut io) = unsafe { &*cell }.try_borrow_mut() {
-        io.env_gone = true;
+        io.lane_env.set_gone();
         // shut_down drops this hook's count (the hook itself is being run, so not removed).
         io.shut_down(&closed_error(), &mut ignored);
     }

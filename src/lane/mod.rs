@@ -14,6 +14,7 @@
 //!
 //! Everything here runs on the JS thread, except the sockets' opening.
 
+mod env;
 mod io;
 mod quorum;
 mod uv;
@@ -31,6 +32,7 @@ use sdl_engine::{EngineResult, Locker, ServerConfig};
 
 use crate::completions::{Grant, Outcome};
 
+use env::LaneEnv;
 pub(crate) use io::Op;
 use io::{Effects, Io};
 use quorum::{QuorumCall, QuorumOp};
@@ -135,21 +137,18 @@ pub(crate) struct LaneShared {
     nodes: Vec<Node>,
     closed: RefCell<bool>,
     locker: Arc<Locker>,
-    error_classes: sys::napi_ref,
     waiting: RefCell<wait::Waiting>,
-    env: sys::napi_env,
+    lane_env: Rc<LaneEnv>,
     /// For settling from the lane's own timers (a callback scope needs an async context).
     async_context: sys::napi_async_context,
     resource: sys::napi_ref,
     /// The Lock was collected: close the sockets once the last waiter is done.
     dropped: std::cell::Cell<bool>,
-    /// The environment is being torn down: no more Node-API calls.
-    env_gone: std::cell::Cell<bool>,
 }
 
 impl Lane {
-    /// `error_classes`: the facade's `{ code: ErrorClass }`, kept alive by the caller.
-    pub(crate) fn new(env: &Env, locker: Arc<Locker>, error_classes: sys::napi_ref) -> Self {
+    /// `error_classes`: the facade's `{ code: ErrorClass }` (the lane keeps its own reference).
+    pub(crate) fn new(env: &Env, locker: Arc<Locker>, error_classes: sys::napi_value) -> Self {
         let usable = uv::uv().is_some() && enabled_by_env();
         let nodes = match locker.plain_servers() {
             Some(configs) if usable => configs
@@ -167,13 +166,11 @@ impl Lane {
             nodes,
             closed: RefCell::new(false),
             locker,
-            error_classes,
             waiting: RefCell::default(),
-            env: env.raw(),
+            lane_env: Rc::new(LaneEnv::new(env.raw(), error_classes)),
             async_context,
             resource,
             dropped: std::cell::Cell::new(false),
-            env_gone: std::cell::Cell::new(false),
         });
         // The waiters' timers must be closed before a worker's loop is (LaneShared::drop
         // removes the hook when the lane goes first).
@@ -193,7 +190,7 @@ impl Lane {
         if shared.nodes.len() != 1 || *shared.closed.borrow() {
             return None;
         }
-        shared.nodes[0].ready(env, &shared.locker, shared.error_classes)?;
+        shared.nodes[0].ready(&shared.lane_env, &shared.locker)?;
         Some(wait::start(shared, env.raw(), request))
     }
 
@@ -201,7 +198,7 @@ impl Lane {
     pub(crate) fn cancel(&self, cancel_id: u32) -> bool {
         let mut effects = Effects::default();
         let found = wait::cancel(&self.shared, cancel_id, &mut effects);
-        self.shared.apply_in_call(self.shared.env, effects);
+        self.shared.apply_in_call(effects);
         found
     }
 
@@ -213,7 +210,7 @@ impl Lane {
             if let Some(shared) = shared.upgrade() {
                 let mut effects = Effects::default();
                 wait::hand_over(&shared, key, &mut effects);
-                shared.apply_in_call(shared.env, effects);
+                shared.apply_in_call(effects);
             }
         }
     }
@@ -229,18 +226,18 @@ impl Lane {
         let mut ios = Vec::with_capacity(shared.nodes.len());
         for node in &shared.nodes {
             // Visit every node, so all closed sockets start (re)opening, not only the first.
-            if let Some(io) = node.ready(env, &shared.locker, shared.error_classes) {
+            if let Some(io) = node.ready(&shared.lane_env, &shared.locker) {
                 ios.push(io);
             }
         }
         if ios.len() < shared.nodes.len() {
             return None;
         }
-        let deadline = Instant::now() + shared.command_timeout();
         Some(if ios.len() == 1 {
+            let deadline = Instant::now() + shared.nodes[0].config.command_timeout;
             shared.single(env, &ios[0], call, deadline)
         } else {
-            shared.quorum(env, ios, call, deadline)
+            shared.quorum(env, ios, call)
         })
     }
 
@@ -250,7 +247,7 @@ impl Lane {
         *shared.closed.borrow_mut() = true;
         let mut effects = Effects::default();
         wait::end_all(shared, &io::closed_error(), &mut effects);
-        shared.apply_in_call(env.raw(), effects);
+        shared.apply_in_call(effects);
         for node in &shared.nodes {
             let previous = node.phase.replace(Phase::Idle { open_after: None });
             if let Phase::Ready(io) = previous {
@@ -305,7 +302,7 @@ impl LaneShared {
             // Hand-over: the first waiter's attempt goes out right behind the release.
             let mut effects = Effects::default();
             wait::hand_over(self, &key, &mut effects);
-            self.apply_in_call(env.raw(), effects);
+            self.apply_in_call(effects);
         }
         Ok(promise)
     }
@@ -315,7 +312,6 @@ impl LaneShared {
         env: &Env,
         ios: Vec<Rc<RefCell<Io>>>,
         call: LaneCall<'_>,
-        deadline: Instant,
     ) -> Result<sys::napi_value> {
         let now = tokio::time::Instant::now();
         let (op, command): (QuorumOp, Box<dyn Fn() -> wire::WireCommand>) = match call {
@@ -361,7 +357,8 @@ impl LaneShared {
             ios.clone(),
             targets,
         )));
-        for (index, io) in ios.iter().enumerate() {
+        for (index, (io, node)) in ios.iter().zip(&self.nodes).enumerate() {
+            let deadline = Instant::now() + node.config.command_timeout;
             io::submit_member(io, &call, index, command(), deadline);
         }
         Ok(promise)
@@ -385,14 +382,14 @@ impl LaneShared {
     }
 
     /// Acts on `effects` during a napi call (microtasks run after it returns).
-    fn apply_in_call(&self, env: sys::napi_env, effects: Effects) {
-        unsafe { io::apply(effects, env, self.error_classes, None) };
+    fn apply_in_call(&self, effects: Effects) {
+        unsafe { io::apply(effects, &self.lane_env, None) };
     }
 
     /// Acts on `effects` from a libuv callback: in a callback scope, whose end runs microtasks.
     pub(crate) fn apply_in_callback(&self, effects: Effects) {
         let scope = (!self.resource.is_null()).then_some((self.resource, self.async_context));
-        unsafe { io::apply(effects, self.env, self.error_classes, scope) };
+        unsafe { io::apply(effects, &self.lane_env, scope) };
     }
 }
 
@@ -416,18 +413,19 @@ impl LaneShared {
 
 impl Drop for LaneShared {
     fn drop(&mut self) {
-        if self.env_gone.get() {
+        if self.lane_env.is_gone() {
             return;
         }
+        let env = self.lane_env.env();
         unsafe {
             sys::napi_remove_env_cleanup_hook(
-                self.env,
+                env,
                 Some(on_env_cleanup),
                 self as *const LaneShared as *mut std::ffi::c_void,
             );
             if !self.resource.is_null() {
-                sys::napi_async_destroy(self.env, self.async_context);
-                sys::napi_delete_reference(self.env, self.resource);
+                sys::napi_async_destroy(env, self.async_context);
+                sys::napi_delete_reference(env, self.resource);
             }
         }
     }
@@ -437,29 +435,24 @@ impl Drop for LaneShared {
 /// timers close before the loop does.
 unsafe extern "C" fn on_env_cleanup(arg: *mut std::ffi::c_void) {
     let shared = unsafe { &*(arg as *const LaneShared) };
-    shared.env_gone.set(true);
+    shared.lane_env.set_gone();
     let mut ignored = Effects::default();
     wait::end_all(shared, &io::closed_error(), &mut ignored);
 }
 
 impl Node {
     /// The open socket, or `None` (then it starts opening in the background if it was idle).
-    fn ready(
-        &self,
-        env: &Env,
-        locker: &Arc<Locker>,
-        error_classes: sys::napi_ref,
-    ) -> Option<Rc<RefCell<Io>>> {
-        let mut phase = self.phase.borrow_mut();
-        loop {
+    fn ready(&self, lane_env: &Rc<LaneEnv>, locker: &Arc<Locker>) -> Option<Rc<RefCell<Io>>> {
+        let retry_later = || Phase::Idle {
+            open_after: Some(Instant::now() + REOPEN_AFTER),
+        };
+        let opened = {
+            let mut phase = self.phase.borrow_mut();
             match &*phase {
-                Phase::Ready(io) => {
-                    if !io.borrow().is_closing() {
-                        return Some(io.clone());
-                    }
-                    *phase = Phase::Idle {
-                        open_after: Some(Instant::now() + REOPEN_AFTER),
-                    };
+                Phase::Ready(io) if !io.borrow().is_closing() => return Some(io.clone()),
+                Phase::Ready(_) => {
+                    *phase = retry_later();
+                    return None;
                 }
                 Phase::Idle { open_after } => {
                     if open_after.is_some_and(|at| Instant::now() < at) {
@@ -475,35 +468,36 @@ impl Node {
                     return None;
                 }
                 Phase::Opening(slot) => {
-                    let opened = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-                    let retry_later = Phase::Idle {
-                        open_after: Some(Instant::now() + REOPEN_AFTER),
-                    };
-                    match opened {
+                    let taken = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    match taken {
                         None => return None,
-                        Some(Ok(stream)) => {
-                            match Io::install(
-                                env.raw(),
-                                stream,
-                                locker.clone(),
-                                error_classes,
-                                self.config.target(),
-                                self.config.command_timeout,
-                            ) {
-                                Some(io) => *phase = Phase::Ready(io),
-                                None => {
-                                    *phase = retry_later;
-                                    return None;
-                                }
-                            }
-                        }
                         Some(Err(_)) => {
                             // The runtime path reports the failure on its own calls.
-                            *phase = retry_later;
+                            *phase = retry_later();
                             return None;
                         }
+                        Some(Ok(stream)) => stream,
                     }
                 }
+            }
+        };
+        // Installed with the phase not borrowed: it runs async hooks, which may run JS.
+        let installed = Io::install(
+            lane_env,
+            opened,
+            locker.clone(),
+            self.config.target(),
+            self.config.command_timeout,
+        );
+        let mut phase = self.phase.borrow_mut();
+        match installed {
+            Some(io) => {
+                *phase = Phase::Ready(io.clone());
+                Some(io)
+            }
+            None => {
+                *phase = retry_later();
+                None
             }
         }
     }

@@ -13,7 +13,7 @@ use sdl_engine::wire;
 use sdl_engine::{EngineError, Locker, Tally};
 
 use super::AcquireCall;
-use super::io::{Effects, Io};
+use super::io::{Effects, GiveBack, Io};
 use crate::completions::Outcome;
 use crate::errors::failed;
 
@@ -46,6 +46,20 @@ pub(crate) struct QuorumCall {
     /// The masters' sockets, in order, for the release after a failed acquire.
     ios: Vec<Rc<RefCell<Io>>>,
     targets: Vec<String>,
+    /// Each master's final answer so far (a NOSCRIPT re-send is not one).
+    answered: Vec<Option<Said>>,
+    /// A refused or failed acquire: every grant must be given back.
+    give_back: bool,
+    /// The runtime was asked to release on every master (once is enough).
+    released_everywhere: bool,
+}
+
+/// What a master said, as far as giving its grant back is concerned.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Said {
+    Yes,
+    No,
+    Failed,
 }
 
 impl QuorumCall {
@@ -60,9 +74,12 @@ impl QuorumCall {
             deferred: Some(deferred),
             locker,
             tally: Tally::new(ios.len()),
+            answered: vec![None; ios.len()],
             op,
             ios,
             targets,
+            give_back: false,
+            released_everywhere: false,
         }
     }
 
@@ -85,8 +102,18 @@ impl QuorumCall {
 
     /// Counts master `index`'s answer; settles the call once the answers decide it.
     pub(crate) fn record(&mut self, index: usize, answer: Answer, effects: &mut Effects) {
+        self.answered[index] = Some(match answer {
+            Answer::Yes(_) => Said::Yes,
+            Answer::No => Said::No,
+            Answer::Failed(_) => Said::Failed,
+        });
         if self.deferred.is_none() {
-            return; // decided already; later answers change nothing
+            // Decided already; a late grant of a refused acquire goes back now, after the
+            // master's own attempt (never overtaking it, even after a NOSCRIPT re-send).
+            if self.give_back {
+                self.give_back_from(index, effects);
+            }
+            return;
         }
         match answer {
             Answer::Yes(fence) => self.tally.yes(fence),
@@ -98,12 +125,39 @@ impl QuorumCall {
         }
     }
 
+    /// Gives back master `index`'s grant, once it answered: on its socket if it said yes, on
+    /// the runtime (every master) if it failed and may have granted before failing.
+    fn give_back_from(&mut self, index: usize, effects: &mut Effects) {
+        let QuorumOp::Acquire(call) = &self.op else {
+            return;
+        };
+        match self.answered[index] {
+            Some(Said::Yes) => effects.releases.push(GiveBack {
+                io: Some(self.ios[index].clone()),
+                locker: self.locker.clone(),
+                key: call.key.clone(),
+                token: call.token.clone(),
+            }),
+            Some(Said::Failed) if !self.released_everywhere => {
+                self.released_everywhere = true;
+                effects.releases.push(GiveBack {
+                    io: None,
+                    locker: self.locker.clone(),
+                    key: call.key.clone(),
+                    token: call.token.clone(),
+                });
+            }
+            _ => {}
+        }
+    }
+
     fn decide(&mut self, effects: &mut Effects) {
         let Some(deferred) = self.deferred.take() else {
             return;
         };
         let tally = std::mem::replace(&mut self.tally, Tally::new(self.ios.len()));
         let locker = &self.locker;
+        let mut give_back = false;
         let outcome = match &self.op {
             QuorumOp::Acquire(call) => {
                 let valid_until = locker.deadline_for(call.sent_at, call.ttl);
@@ -114,16 +168,12 @@ impl QuorumCall {
                         call.granted(locker, fence)
                     }
                     refused => {
-                        // Release everywhere, behind each master's own attempt.
-                        for io in &self.ios {
-                            effects
-                                .sends
-                                .push((io.clone(), wire::release_command(&call.key, &call.token)));
-                        }
-                        match refused {
+                        let outcome = match refused {
                             Ok(_) => call.refused(),
                             Err(err) => failed(err),
-                        }
+                        };
+                        give_back = true;
+                        outcome
                     }
                 }
             }
@@ -155,5 +205,13 @@ impl QuorumCall {
             },
         };
         effects.settlements.push((deferred, outcome));
+        if give_back {
+            // Give back what was granted: now from the masters that answered, later from the
+            // others, each behind its own attempt.
+            self.give_back = true;
+            for index in 0..self.ios.len() {
+                self.give_back_from(index, effects);
+            }
+        }
     }
 }

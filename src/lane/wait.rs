@@ -21,7 +21,7 @@ use sdl_engine::{EngineError, ReleaseWatch, WaitPlan, wire};
 
 use super::AcquireCall;
 use super::LaneShared;
-use super::io::{self, Effects};
+use super::io::{self, Effects, GiveBack};
 use super::uv::{self, Handle};
 use crate::completions::Outcome;
 use crate::errors::failed;
@@ -120,7 +120,7 @@ pub(crate) fn start(
     }
     let mut effects = Effects::default();
     attempt(&waiter, &mut effects);
-    lane.apply_in_call(env, effects);
+    lane.apply_in_call(effects);
     Ok(promise)
 }
 
@@ -161,12 +161,13 @@ pub(crate) fn on_reply(waiter: &Rc<RefCell<Waiter>>, reply: AttemptReply, effect
     if waiter.borrow().deferred.is_none() {
         // Ended meanwhile (cancelled, closed): a lock this attempt took goes back at once.
         let w = waiter.borrow();
-        if let AttemptReply::Granted { token, .. } = reply
-            && let Some(io) = w.lane.single_io()
-        {
-            effects
-                .sends
-                .push((io, wire::release_command(&w.key, &token)));
+        if let AttemptReply::Granted { token, .. } = reply {
+            effects.releases.push(GiveBack {
+                io: w.lane.single_io(),
+                locker: w.lane.locker.clone(),
+                key: w.key.clone(),
+                token,
+            });
         }
         return;
     }

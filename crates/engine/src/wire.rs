@@ -21,6 +21,9 @@ pub enum Reply {
     Array(Option<Vec<Reply>>),
 }
 
+/// Consumed bytes beyond which `ReplyReader::feed` moves the unread tail to the front.
+const COMPACT_AFTER: usize = 16 * 1024;
+
 /// Reads replies from bytes as they arrive.
 #[derive(Default)]
 pub struct ReplyReader {
@@ -34,11 +37,18 @@ impl ReplyReader {
     }
 
     pub fn feed(&mut self, bytes: &[u8]) {
-        if self.start > 0 && self.start == self.buf.len() {
-            self.buf.clear();
+        // Replies already read are dropped before the buffer grows: on a busy pipelined
+        // connection a partial reply is nearly always pending, so "empty" alone is not enough.
+        if self.start > 0 && (self.start == self.buf.len() || self.start >= COMPACT_AFTER) {
+            self.buf.drain(..self.start);
             self.start = 0;
         }
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes held: read replies not yet dropped plus any partial reply.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
     }
 
     /// The next complete reply, `None` if more bytes are needed, an error if the stream is not
@@ -394,6 +404,27 @@ mod tests {
                 "split at {split}"
             );
         }
+    }
+
+    #[test]
+    fn a_stream_that_never_drains_stays_bounded() {
+        // Each chunk completes one reply and starts the next, so the reader is never empty.
+        let mut reader = ReplyReader::new();
+        reader.feed(b":0\r\n:1");
+        let mut seen = 0;
+        for i in 0..100_000u32 {
+            reader.feed(format!("{i}\r\n:1").as_bytes());
+            while let Some(reply) = reader.next_reply().unwrap() {
+                assert!(matches!(reply, Reply::Integer(_)));
+                seen += 1;
+            }
+            assert!(
+                reader.buffered() < 2 * COMPACT_AFTER,
+                "{}",
+                reader.buffered()
+            );
+        }
+        assert_eq!(seen, 100_001);
     }
 
     #[test]
