@@ -317,3 +317,48 @@ test('many calls at once on one Lock settle, each with its own answer', async ()
   assert.equal(released.filter(Boolean).length, 250);
   assert.equal((await raw.keys('lock:burst:*')).length, 0);
 });
+
+test('loops that chain calls as replies arrive all see their own answers', async () => {
+  // 128 loops on distinct keys: each reply's continuation sends the next call while the
+  // replies that came with it are still being settled.
+  const lock = new Lock(redis);
+  let pairs = 0;
+  await Promise.all(
+    Array.from({ length: 128 }, async (_, i) => {
+      for (let round = 0; round < 20; round++) {
+        const token = await lock.acquire(`chain:${i}`, { ttl: 5000 });
+        assert.ok(token, `loop ${i} round ${round}: the key is free`);
+        assert.equal(await lock.isLocked(`chain:${i}`), true);
+        assert.equal(await lock.release(`chain:${i}`, token), true);
+        pairs++;
+      }
+    }),
+  );
+  assert.equal(pairs, 128 * 20);
+  assert.equal((await raw.keys('lock:chain:*')).length, 0);
+  await lock.close();
+});
+
+test('close() from a continuation in the middle of a burst: every call still settles', async () => {
+  const lock = new Lock(redis);
+  let closing;
+  const calls = Array.from({ length: 300 }, (_, i) =>
+    lock.acquire(`midclose:${i}`, { ttl: 2000 }).then(
+      (token) => {
+        if (i === 40) closing = lock.close();
+        return token;
+      },
+      (err) => err,
+    ),
+  );
+  const settled = await Promise.race([
+    Promise.all(calls),
+    sleep(10_000).then(() => assert.fail('calls still pending 10 s after close()')),
+  ]);
+  for (const outcome of settled) {
+    assert.ok(typeof outcome === 'string' || outcome instanceof LockClosedError, String(outcome));
+  }
+  assert.ok(closing, 'the 41st acquire resolved');
+  await closing;
+  await assert.rejects(lock.acquire('midclose:after'), LockClosedError);
+});

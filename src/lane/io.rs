@@ -529,10 +529,16 @@ fn enqueue(io: &Rc<RefCell<Io>>, target: Target, command: WireCommand, op: Op, d
 
 /// Does what handling replies asked for, once no `Io` is borrowed: queues the clean-up
 /// commands, then settles the promises in a callback scope (their microtasks run at its end).
+///
+/// From a socket's read (`reading`), many settlements are made in slices of `SETTLE_SLICE`: after
+/// each slice the scope closes, so the continuations run and queue their next commands, and that
+/// socket is written at once. Redis then works on the first slice's commands while this thread
+/// settles the rest, instead of each side idling while the other works through a whole batch.
 pub(crate) unsafe fn apply(
     mut effects: Effects,
     lane_env: &LaneEnv,
     scope: Option<(sys::napi_ref, sys::napi_async_context)>,
+    reading: Option<&RefCell<Io>>,
 ) {
     // A waiter's reply may queue its next attempt (or end it): before settling anything.
     while !effects.waiter_replies.is_empty() {
@@ -563,24 +569,46 @@ pub(crate) unsafe fn apply(
         return;
     }
     let env = lane_env.env();
-    unsafe {
-        let mut handle_scope = ptr::null_mut();
-        sys::napi_open_handle_scope(env, &mut handle_scope);
-        let mut callback_scope = ptr::null_mut();
-        if let Some((resource, async_context)) = scope {
-            let mut object = ptr::null_mut();
-            sys::napi_get_reference_value(env, resource, &mut object);
-            sys::napi_open_callback_scope(env, object, async_context, &mut callback_scope);
+    let slice = match (scope, reading) {
+        (Some(_), Some(_)) => SETTLE_SLICE,
+        _ => usize::MAX,
+    };
+    let mut settlements = effects.settlements.into_iter().peekable();
+    while settlements.peek().is_some() {
+        if lane_env.is_gone() {
+            // The environment went away during the previous slice's continuations.
+            return;
         }
-        for (deferred, outcome) in effects.settlements {
-            settle(env, lane_env.error_classes(), deferred, outcome);
+        unsafe {
+            let mut handle_scope = ptr::null_mut();
+            sys::napi_open_handle_scope(env, &mut handle_scope);
+            let mut callback_scope = ptr::null_mut();
+            if let Some((resource, async_context)) = scope {
+                let mut object = ptr::null_mut();
+                sys::napi_get_reference_value(env, resource, &mut object);
+                sys::napi_open_callback_scope(env, object, async_context, &mut callback_scope);
+            }
+            for (deferred, outcome) in settlements.by_ref().take(slice) {
+                settle(env, lane_env.error_classes(), deferred, outcome);
+            }
+            if !callback_scope.is_null() {
+                sys::napi_close_callback_scope(env, callback_scope);
+            }
+            sys::napi_close_handle_scope(env, handle_scope);
         }
-        if !callback_scope.is_null() {
-            sys::napi_close_callback_scope(env, callback_scope);
+        if settlements.peek().is_some()
+            && let Some(cell) = reading
+            && let Ok(mut io) = cell.try_borrow_mut()
+            && !io.closing
+        {
+            // A write error shows again on the next poll, which shuts the socket down.
+            let _ = io.flush();
         }
-        sys::napi_close_handle_scope(env, handle_scope);
     }
 }
+
+/// Settlements per callback scope when a read brought many replies (see `apply`).
+const SETTLE_SLICE: usize = 16;
 
 pub(crate) fn shut(io: &Rc<RefCell<Io>>, env: Option<sys::napi_env>, err: EngineError) {
     let mut effects = Effects::default();
@@ -591,7 +619,7 @@ pub(crate) fn shut(io: &Rc<RefCell<Io>>, env: Option<sys::napi_env>, err: Engine
     };
     if env.is_some() {
         // In a napi call already: no callback scope needed, microtasks run after it returns.
-        unsafe { apply(effects, &lane_env, None) };
+        unsafe { apply(effects, &lane_env, None, None) };
     }
 }
 
@@ -633,7 +661,14 @@ unsafe fn with_io(handle: *mut Handle, body: impl FnOnce(&mut Io, &mut Effects))
         }
         (me.lane_env.clone(), me.resource, me.async_context)
     };
-    unsafe { apply(effects, &lane_env, Some((resource, async_context))) };
+    unsafe {
+        apply(
+            effects,
+            &lane_env,
+            Some((resource, async_context)),
+            Some(cell),
+        )
+    };
 }
 
 unsafe extern "C" fn on_poll(handle: *mut Handle, status: c_int, events: c_int) {

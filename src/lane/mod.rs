@@ -383,13 +383,13 @@ impl LaneShared {
 
     /// Acts on `effects` during a napi call (microtasks run after it returns).
     fn apply_in_call(&self, effects: Effects) {
-        unsafe { io::apply(effects, &self.lane_env, None) };
+        unsafe { io::apply(effects, &self.lane_env, None, None) };
     }
 
     /// Acts on `effects` from a libuv callback: in a callback scope, whose end runs microtasks.
     pub(crate) fn apply_in_callback(&self, effects: Effects) {
         let scope = (!self.resource.is_null()).then_some((self.resource, self.async_context));
-        unsafe { io::apply(effects, &self.lane_env, scope) };
+        unsafe { io::apply(effects, &self.lane_env, scope, None) };
     }
 }
 
