@@ -119,3 +119,56 @@ test('tokens have the v1 shape', async () => {
   assert.match(String(a), /^[0-9a-f]{32}$/);
   assert.match(String(b), /^[0-9a-f]{32}$/);
 });
+
+test('fairness: processes with steady demand for one lock take turns, none keeps it to itself', async () => {
+  // 3 processes x 2 loops, each loop re-queues as soon as it releases: every process always has
+  // a waiter. A process hands the lock to its own next waiter in one round trip, but only a few
+  // times in a row; then the others get their turn. Without that, the first process would keep
+  // the lock for all 30 of its sections while the others wait.
+  await raw.del('fair:ready', 'fair:holders');
+  const workers = 3;
+  const sections = 15;
+  await runWorkers(
+    'fair-worker.mjs',
+    Array.from({ length: workers }, (_, id) => ({ url: server.url, resource: 'fair', id, workers, loops: 2, sections })),
+  );
+  const holders = await raw.lrange('fair:holders', 0, -1);
+  assert.equal(holders.length, workers * 2 * sections);
+  let switches = 0;
+  let run = 1;
+  let longest = 1;
+  for (let i = 1; i < holders.length; i++) {
+    run = holders[i] === holders[i - 1] ? run + 1 : 1;
+    if (run === 1) switches++;
+    longest = Math.max(longest, run);
+  }
+  assert.ok(switches >= 6, `the lock changed process ${switches} times in ${holders.length} sections: ${holders.join('')}`);
+  assert.ok(longest <= 20, `one process held it ${longest} times in a row: ${holders.join('')}`);
+});
+
+test('in one process, waiters take a lock released by v2 in the order they asked for it', async () => {
+  // (retryDelay is long so that no timed poll, which is first come first served by chance,
+  // plays a part: the lock goes from waiter to waiter by notification and hand-over.)
+  const lock = new Lock(server.url);
+  const other = new Lock(server.url);
+  // A new Lock's first calls take the runtime path while its event-loop socket opens.
+  await lock.isLocked('fifo');
+  await sleep(200);
+  const held = await other.acquire('fifo', { ttl: 10000 });
+  assert.ok(held);
+  /** @type {number[]} */
+  const order = [];
+  const waiters = [0, 1, 2, 3].map(async (n) => {
+    const token = await lock.acquire('fifo', { retryCount: Infinity, retryDelay: 5000 });
+    assert.ok(token);
+    order.push(n);
+    await sleep(5);
+    assert.equal(await lock.release('fifo', token), true);
+  });
+  await sleep(50);
+  assert.equal(await other.release('fifo', held), true);
+  await Promise.all(waiters);
+  assert.deepEqual(order, [0, 1, 2, 3]);
+  await lock.close();
+  await other.close();
+});

@@ -378,3 +378,22 @@ test('waiters that time out, give up or are aborted under contention leave no lo
   await sleep(200);
   assert.equal(await raw.exists('lock:storm'), 0, 'nobody holds it: an attempt granted after an abort was given back');
 });
+
+test('a waiter queued behind others of its process keeps the v1 time budget (1 + retryCount attempts)', async () => {
+  const lock = new Lock(server.url);
+  const other = new Lock(server.url);
+  const held = await other.acquire('budget', { ttl: 10000 });
+  assert.ok(held);
+  const first = lock.acquire('budget', { retryCount: Infinity, retryDelay: 50, waitTimeout: 3000 });
+  const started = Date.now();
+  const second = await lock.acquire('budget', { retryCount: 2, retryDelay: 200 });
+  const took = Date.now() - started;
+  assert.equal(second, null);
+  assert.ok(took >= 350 && took < 3000, `gave up after ${took} ms; 2 retries x 200 ms expected`);
+  assert.equal(await other.release('budget', held), true);
+  const token = await first;
+  assert.ok(token, 'the first waiter took the lock once it was released');
+  await lock.release('budget', token);
+  await lock.close();
+  await other.close();
+});

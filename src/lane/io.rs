@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::ffi::{c_int, c_void};
 use std::io::{ErrorKind, Read, Write};
 use std::ptr;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,11 +24,11 @@ use napi::sys;
 use sdl_engine::wire::{self, RawStream, Reply, ReplyReader, WireCommand};
 use sdl_engine::{EngineError, ErrorKind as EngineErrorKind, Locker};
 
-use super::AcquireCall;
 use super::env::LaneEnv;
 use super::quorum::QuorumCall;
 use super::uv::{self, Handle, Uv};
 use super::wait::{self, AttemptReply, Waiter};
+use super::{AcquireCall, LaneShared};
 use crate::completions::{Outcome, settle};
 use crate::errors::failed;
 
@@ -42,8 +42,13 @@ pub(crate) enum Op {
         ttl: Duration,
         sent_at: tokio::time::Instant,
     },
-    /// A release: `1` is true, and wakes this Locker's waiters for the key.
-    Release { key: String },
+    /// A release: true if it deleted the key; wakes this Locker's runtime waiters for the key.
+    /// `open`: a release made in the open by this lane (nobody queued behind it), whose waiters
+    /// here then get their turn (see `wait::after_open_release`).
+    Release {
+        key: String,
+        open: Option<Weak<LaneShared>>,
+    },
     /// EXISTS: `1` is true.
     Flag,
 }
@@ -74,6 +79,8 @@ pub(crate) struct Effects {
     pub(crate) settlements: Vec<(sys::napi_deferred, Outcome)>,
     pub(crate) releases: Vec<GiveBack>,
     pub(crate) waiter_replies: Vec<(Rc<RefCell<Waiter>>, AttemptReply)>,
+    /// Open releases made here that deleted their key, with how many other subscribers heard.
+    pub(crate) open_releases: Vec<(Weak<LaneShared>, String, i64)>,
 }
 
 /// A lock to give back that nobody waits for: a refused Redlock acquire's grants, a cancelled
@@ -314,21 +321,24 @@ impl Io {
             effects.settlements.push((deferred, failed(err)));
             return;
         }
-        let outcome = self.outcome(pending.op, &reply);
+        let outcome = self.outcome(pending.op, &reply, effects);
         effects.settlements.push((deferred, outcome));
     }
 
     /// A single server's reply to `op`, as the call's outcome.
-    fn outcome(&self, op: Op, reply: &Reply) -> Outcome {
+    fn outcome(&self, op: Op, reply: &Reply, effects: &mut Effects) -> Outcome {
         let unexpected = |bad: String| failed(EngineError::new(EngineErrorKind::Redis, bad));
         match op {
             Op::Flag => wire::is_one(reply).map_or_else(unexpected, Outcome::Flag),
-            Op::Release { key } => match wire::is_one(reply) {
-                Ok(released) => {
-                    if released {
+            Op::Release { key, open } => match wire::released(reply) {
+                Ok(told) => {
+                    if let Some(told) = told {
                         self.locker.note_released(&key);
+                        if let Some(lane) = open {
+                            effects.open_releases.push((lane, key, told));
+                        }
                     }
-                    Outcome::Flag(released)
+                    Outcome::Flag(told.is_some())
                 }
                 Err(bad) => unexpected(bad),
             },
@@ -540,6 +550,12 @@ pub(crate) unsafe fn apply(
     scope: Option<(sys::napi_ref, sys::napi_async_context)>,
     reading: Option<&RefCell<Io>>,
 ) {
+    // A waiter here may take a lock released in the open: before settling anything.
+    for (lane, key, told) in std::mem::take(&mut effects.open_releases) {
+        if let Some(lane) = lane.upgrade() {
+            wait::after_open_release(&lane, &key, told, &mut effects);
+        }
+    }
     // A waiter's reply may queue its next attempt (or end it): before settling anything.
     while !effects.waiter_replies.is_empty() {
         for (waiter, reply) in std::mem::take(&mut effects.waiter_replies) {

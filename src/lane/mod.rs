@@ -259,13 +259,14 @@ impl Lane {
 
 impl LaneShared {
     fn single(
-        &self,
+        self: &Rc<Self>,
         env: &Env,
         io: &Rc<RefCell<Io>>,
         call: LaneCall<'_>,
         deadline: Instant,
     ) -> Result<sys::napi_value> {
         let now = tokio::time::Instant::now();
+        let mut next_in_line = None;
         let (command, op) = match call {
             LaneCall::Acquire {
                 key,
@@ -277,12 +278,18 @@ impl LaneShared {
                 let command = wire::acquire_command(key, &call.token, ttl, self.locker.fencing());
                 (command, Op::Acquire(call))
             }
-            LaneCall::Release { key, token } => (
-                wire::release_command(key, token),
-                Op::Release {
+            LaneCall::Release { key, token } => {
+                next_in_line = wait::next_in_line(self, key);
+                let command = match next_in_line {
+                    Some(_) => wire::release_command_handing_over(key, token),
+                    None => wire::release_command(key, token),
+                };
+                let op = Op::Release {
                     key: key.to_owned(),
-                },
-            ),
+                    open: next_in_line.is_none().then(|| Rc::downgrade(self)),
+                };
+                (command, op)
+            }
             LaneCall::Extend { key, token, ttl } => (
                 wire::extend_command(key, token, ttl),
                 Op::Extend {
@@ -293,15 +300,11 @@ impl LaneShared {
             ),
             LaneCall::Exists { key } => (wire::exists_command(key), Op::Flag),
         };
-        let released_key = match &op {
-            Op::Release { key } => Some(key.clone()),
-            _ => None,
-        };
         let promise = io::submit(io, env.raw(), command, op, deadline)?;
-        if let Some(key) = released_key {
-            // Hand-over: the first waiter's attempt goes out right behind the release.
+        if let Some(waiter) = next_in_line {
+            // Hand-over: the waiter's attempt goes out right behind the release.
             let mut effects = Effects::default();
-            wait::hand_over(self, &key, &mut effects);
+            wait::attempt(&waiter, &mut effects);
             self.apply_in_call(effects);
         }
         Ok(promise)

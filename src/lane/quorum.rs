@@ -93,6 +93,10 @@ impl QuorumCall {
                 Some(fence) => Answer::Yes(fence),
                 None => Answer::No,
             }),
+            QuorumOp::Release { .. } => wire::released(reply).map(|told| match told {
+                Some(_) => Answer::Yes(None),
+                None => Answer::No,
+            }),
             _ => wire::is_one(reply).map(|one| if one { Answer::Yes(None) } else { Answer::No }),
         };
         read.unwrap_or_else(|bad| {

@@ -5,16 +5,27 @@
 //! its attempt queued right behind the release, in the same write. Redis runs a client's
 //! pipelined commands back to back, so the waiter takes the lock one round trip after the
 //! holder let it go, and waiters of one process take it in the order they came (first in,
-//! first served). A release by another process is heard through the engine's subscriber and
-//! gives the first waiter an attempt at once. Either kind of attempt is a free one: the retry
-//! budget counts only the timed attempts, as on the runtime path.
+//! first served). Such a release publishes nothing: waiters elsewhere would only wake to find
+//! the lock taken again.
+//!
+//! Fairness between processes: after `HAND_OVER_STREAK` hand-overs in a row, a release is made
+//! in the open (published, no attempt behind it), and every process's first waiter, this
+//! one's included, hears it through its subscriber and tries: the lock goes to whoever comes
+//! first. A new waiting acquire that finds waiters of this process already queued for the key
+//! joins the queue without trying (no barging past them, and no attempt bound to fail). Without
+//! the streak, a process with steady demand for a lock would keep it for as long as the demand
+//! lasts, and waiters elsewhere would starve.
+//!
+//! A release by another process is heard through the engine's subscriber and gives the first
+//! waiter an attempt at once. Notified and handed-over attempts are free: the retry budget
+//! counts only the timed attempts, as on the runtime path.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::ffi::c_void;
 use std::ptr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use napi::sys;
 use sdl_engine::{EngineError, ReleaseWatch, WaitPlan, wire};
@@ -58,7 +69,26 @@ pub(crate) struct Waiter {
 pub(crate) struct Waiting {
     by_key: HashMap<String, VecDeque<Rc<RefCell<Waiter>>>>,
     by_cancel_id: HashMap<u32, Rc<RefCell<Waiter>>>,
+    /// Hand-overs in a row per key since its last open release.
+    streaks: HashMap<String, u32>,
+    /// Keys released in the open here, until when their echo may still come back from Redis.
+    echoes: HashMap<String, Instant>,
 }
+
+/// Hand-overs in a row within this process before a release is made in the open, so that
+/// waiters in other processes get their turn (see the module comment).
+const HAND_OVER_STREAK: u32 = 4;
+
+/// How long this process's waiters hold back after its own open release heard by others, so
+/// that waiters in other processes, which have to be woken first, can take the lock. (libuv
+/// timers count whole ms: the attempt comes 1-2 ms later.)
+const YIELD: Duration = Duration::from_millis(1);
+
+/// How long after an open release here a notification for its key is taken for its echo.
+const ECHO_WINDOW: Duration = Duration::from_millis(5);
+
+/// Past this many streaks kept, the streaks of keys without waiters are dropped.
+const STREAKS_KEPT: usize = 1024;
 
 impl Waiting {
     pub(crate) fn is_empty(&self) -> bool {
@@ -104,22 +134,35 @@ pub(crate) fn start(
         lane: lane.clone(),
     }));
     unsafe { (uv.set_data)(timer, Rc::into_raw(waiter.clone()) as *mut c_void) };
-    {
+    let queued_behind = {
         let mut waiting = lane.waiting.borrow_mut();
         let key = waiter.borrow().key.clone();
-        waiting
-            .by_key
-            .entry(key)
-            .or_default()
-            .push_back(waiter.clone());
+        let queue = waiting.by_key.entry(key).or_default();
+        let queued_behind = !queue.is_empty();
+        queue.push_back(waiter.clone());
         if request.cancel_id != 0 {
             waiting
                 .by_cancel_id
                 .insert(request.cancel_id, waiter.clone());
         }
-    }
+        queued_behind
+    };
+    // Behind waiters of this process, the lock is held (or being handed to them): no barging.
+    // The first attempt counts as made and found it held, so the time budget stays v1's; the
+    // turn comes by hand-over, by a release heard, or by the retry timer.
+    let next = queued_behind
+        .then(|| {
+            waiter
+                .borrow_mut()
+                .plan
+                .after_held(tokio::time::Instant::now())
+        })
+        .flatten();
     let mut effects = Effects::default();
-    attempt(&waiter, &mut effects);
+    match next {
+        Some(at) => wait_until(&waiter, at),
+        None => attempt(&waiter, &mut effects),
+    }
     lane.apply_in_call(effects);
     Ok(promise)
 }
@@ -225,17 +268,81 @@ fn wait_until(waiter: &Rc<RefCell<Waiter>>, at: tokio::time::Instant) {
     unsafe { (uv.timer_start)(w.timer, on_timer, ms, 0) };
 }
 
-/// Gives the first idle waiter for `key` an attempt now (a release was queued or heard).
+/// Gives the first idle waiter for `key` an attempt now: a release was heard (unless it is
+/// the echo of this process's own open release, already acted on by `after_open_release`).
 pub(crate) fn hand_over(lane: &LaneShared, key: &str, effects: &mut Effects) {
-    let next = lane
-        .waiting
+    let echo = {
+        let mut waiting = lane.waiting.borrow_mut();
+        let until = waiting.echoes.remove(key);
+        until.is_some_and(|until| Instant::now() < until)
+    };
+    if !echo && let Some(waiter) = first_idle(lane, key) {
+        attempt(&waiter, effects);
+    }
+}
+
+/// This process released `key` in the open and `told` other subscribers heard it. With none
+/// (no other process waits), the first waiter here tries at once. Otherwise it holds back
+/// for `YIELD`, so that waiters elsewhere, woken by the same release, get the lock; if none
+/// took it by then, it tries.
+pub(crate) fn after_open_release(lane: &LaneShared, key: &str, told: i64, effects: &mut Effects) {
+    let Some(waiter) = first_idle(lane, key) else {
+        return;
+    };
+    let ours = i64::from(waiter.borrow().watch.is_some());
+    {
+        let mut waiting = lane.waiting.borrow_mut();
+        if ours > 0 {
+            // Our own subscriber hears this release too: that echo is not news.
+            waiting
+                .echoes
+                .insert(key.to_owned(), Instant::now() + ECHO_WINDOW);
+        }
+    }
+    if told > ours {
+        wait_until(&waiter, tokio::time::Instant::now() + YIELD);
+    } else {
+        attempt(&waiter, effects);
+    }
+}
+
+/// This process is about to release `key`: the waiter whose attempt should follow the release
+/// in the same write, or `None` for an open release (no waiter here is idle, or the streak of
+/// hand-overs is used up and waiters elsewhere get their turn).
+pub(crate) fn next_in_line(lane: &LaneShared, key: &str) -> Option<Rc<RefCell<Waiter>>> {
+    let Some(next) = first_idle(lane, key) else {
+        // Nobody here to hand it to: the streak ends.
+        lane.waiting.borrow_mut().streaks.remove(key);
+        return None;
+    };
+    let mut waiting = lane.waiting.borrow_mut();
+    if waiting.streaks.len() >= STREAKS_KEPT && !waiting.streaks.contains_key(key) {
+        // Streaks whose last holder never released through here (expired, lost, released on
+        // the runtime path): keep only those of keys with waiters.
+        let Waiting {
+            by_key,
+            streaks,
+            echoes,
+            ..
+        } = &mut *waiting;
+        streaks.retain(|k, _| by_key.contains_key(k));
+        echoes.retain(|k, _| by_key.contains_key(k));
+    }
+    let streak = waiting.streaks.entry(key.to_owned()).or_default();
+    if *streak >= HAND_OVER_STREAK {
+        *streak = 0;
+        return None;
+    }
+    *streak += 1;
+    Some(next)
+}
+
+fn first_idle(lane: &LaneShared, key: &str) -> Option<Rc<RefCell<Waiter>>> {
+    lane.waiting
         .borrow()
         .by_key
         .get(key)
-        .and_then(|queue| queue.iter().find(|w| !w.borrow().attempting).cloned());
-    if let Some(waiter) = next {
-        attempt(&waiter, effects);
-    }
+        .and_then(|queue| queue.iter().find(|w| !w.borrow().attempting).cloned())
 }
 
 /// Rejects the waiter registered under `cancel_id`, if any. `true` if there was one.
@@ -292,6 +399,7 @@ fn finish(waiter: &Rc<RefCell<Waiter>>, outcome: Outcome, effects: &mut Effects)
         if let Some(queue) = waiting.by_key.get_mut(&key) {
             queue.retain(|w| !Rc::ptr_eq(w, waiter));
             if queue.is_empty() {
+                // The streak stays: the waiter may just have been handed the lock.
                 waiting.by_key.remove(&key);
             }
         }

@@ -61,7 +61,8 @@ pub(crate) async fn release<S: Store>(store: &S, key: &str, token: &str) -> Engi
         .arg(token)
         .arg(keys::released_channel(key));
     let released: i64 = store.invoke(&invocation).await?;
-    Ok(released == 1)
+    // 1 + the subscribers told (see the script).
+    Ok(released >= 1)
 }
 
 /// Sets the TTL if `token` owns the lock; never re-creates a key.

@@ -16,10 +16,14 @@ pub(crate) static ACQUIRE_FENCED: LazyLock<Script> =
     LazyLock::new(|| Script::new(ACQUIRE_FENCED_SOURCE));
 
 /// Deletes the key only while it holds the caller's token, then tells waiters it is free.
-/// KEYS: lock. ARGV: token, release channel. Returns 1 if released, else 0.
+/// KEYS: lock. ARGV: token, release channel ("" when handing the lock to a waiter whose attempt
+/// follows on the same connection: nobody else is told). Returns 0 if not released, else 1 +
+/// the number of subscribers told (the releasing process's own included).
 pub(crate) const RELEASE_SOURCE: &str = r#"if redis.call("get", KEYS[1]) == ARGV[1] then
   redis.call("del", KEYS[1])
-  redis.call("publish", ARGV[2], "")
+  if ARGV[2] ~= "" then
+    return 1 + redis.call("publish", ARGV[2], "")
+  end
   return 1
 end
 return 0"#;

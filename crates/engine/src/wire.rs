@@ -203,7 +203,16 @@ pub fn acquire_command(key: &str, token: &str, ttl: Duration, fencing: bool) -> 
 }
 
 pub fn release_command(key: &str, token: &str) -> WireCommand {
-    let channel = keys::released_channel(key);
+    release_script(key, token, &keys::released_channel(key))
+}
+
+/// The release for a hand-over: a waiter's acquire follows on the same connection, in the same
+/// write, so the release wakes nobody else (no publish); their turn comes at an open release.
+pub fn release_command_handing_over(key: &str, token: &str) -> WireCommand {
+    release_script(key, token, "")
+}
+
+fn release_script(key: &str, token: &str, channel: &str) -> WireCommand {
     WireCommand::script(
         scripts::RELEASE_SOURCE,
         scripts::RELEASE.get_hash(),
@@ -242,6 +251,16 @@ pub fn acquired(reply: &Reply) -> Result<Option<Option<i64>>, String> {
 }
 
 /// What a release's, extend's or EXISTS's reply means.
+/// The release script's reply: `None` if the caller did not own the lock, else how many
+/// subscribers were told of the release.
+pub fn released(reply: &Reply) -> Result<Option<i64>, String> {
+    match reply {
+        Reply::Integer(0) => Ok(None),
+        Reply::Integer(n) if *n >= 1 => Ok(Some(n - 1)),
+        other => Err(format!("unexpected reply: {other:?}")),
+    }
+}
+
 pub fn is_one(reply: &Reply) -> Result<bool, String> {
     match reply {
         Reply::Integer(n) => Ok(*n == 1),
@@ -441,5 +460,15 @@ mod tests {
             "{eval}"
         );
         assert!(exists_command("k").eval_fallback().is_none());
+    }
+
+    #[test]
+    fn a_hand_over_release_names_no_channel() {
+        let cmd = release_command_handing_over("lock:a", "tok");
+        let text = String::from_utf8(cmd.bytes.clone()).unwrap();
+        assert!(
+            text.ends_with("$6\r\nlock:a\r\n$3\r\ntok\r\n$0\r\n\r\n"),
+            "{text}"
+        );
     }
 }

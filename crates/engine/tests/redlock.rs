@@ -55,8 +55,22 @@ async fn acquires_on_every_master_and_excludes_a_second_owner() {
             .await
             .unwrap()
     );
-    let pttl: i64 = servers[1].inspect().await.pttl("lock:r").await.unwrap();
-    assert!(pttl > 29_000, "{pttl}");
+    // extend answers once a majority agreed; the last master's answer may still be on its way.
+    let mut extended = 0;
+    for server in &servers {
+        let pttl: i64 = server.inspect().await.pttl("lock:r").await.unwrap();
+        extended += usize::from(pttl > 25_000);
+    }
+    assert!(extended >= 2, "{extended} masters extended");
+    let started = Instant::now();
+    loop {
+        let pttl: i64 = servers[1].inspect().await.pttl("lock:r").await.unwrap();
+        if pttl > 25_000 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{pttl}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     assert!(locker.release("lock:r", &acquired.token).await.unwrap());
     for server in &servers {
