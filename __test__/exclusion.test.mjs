@@ -134,16 +134,25 @@ test('fairness: processes with steady demand for one lock take turns, none keeps
   );
   const holders = await raw.lrange('fair:holders', 0, -1);
   assert.equal(holders.length, workers * 2 * sections);
+  // Runs are counted until the first process is done: after that, fewer processes contend and
+  // the last one rightly keeps the lock for the rest of its sections.
+  const done = new Map();
+  let contended = holders.length;
+  holders.forEach((id, i) => {
+    done.set(id, (done.get(id) ?? 0) + 1);
+    if (done.get(id) === 2 * sections) contended = Math.min(contended, i + 1);
+  });
   let switches = 0;
   let run = 1;
   let longest = 1;
-  for (let i = 1; i < holders.length; i++) {
+  for (let i = 1; i < contended; i++) {
     run = holders[i] === holders[i - 1] ? run + 1 : 1;
     if (run === 1) switches++;
     longest = Math.max(longest, run);
   }
-  assert.ok(switches >= 6, `the lock changed process ${switches} times in ${holders.length} sections: ${holders.join('')}`);
-  assert.ok(longest <= 20, `one process held it ${longest} times in a row: ${holders.join('')}`);
+  const seen = holders.join('');
+  assert.ok(switches >= 6, `the lock changed process ${switches} times in the first ${contended} sections: ${seen}`);
+  assert.ok(longest <= 20, `one process held it ${longest} times in a row while others waited: ${seen}`);
 });
 
 test('in one process, waiters take a lock released by v2 in the order they asked for it', async () => {

@@ -397,3 +397,27 @@ test('a waiter queued behind others of its process keeps the v1 time budget (1 +
   await lock.close();
   await other.close();
 });
+
+test('a waiter is handed the lock even when Redis lost the release script (SCRIPT FLUSH)', async () => {
+  const lock = new Lock(server.url);
+  // Let the event-loop socket open: a new Lock's first calls take the runtime path.
+  await lock.isLocked('noscript');
+  await sleep(200);
+  const held = await lock.acquire('noscript', { ttl: 10000 });
+  assert.ok(held);
+  const waiting = lock.acquire('noscript', { retryCount: 3, retryDelay: 10000 });
+  await sleep(100);
+  await raw.script('FLUSH');
+  // The acquire script is cached again, the release script is not: the release's EVAL comes
+  // back after the waiter's attempt, which found the lock still held.
+  const warm = await lock.acquire('noscript:warm');
+  assert.ok(warm);
+  const started = Date.now();
+  assert.equal(await lock.release('noscript', held), true);
+  const token = await waiting;
+  assert.ok(token, 'the waiter took the lock');
+  assert.ok(Date.now() - started < 3000, `took ${Date.now() - started} ms; retryDelay is 10 s`);
+  await lock.release('noscript', token);
+  await lock.release('noscript:warm', warm);
+  await lock.close();
+});

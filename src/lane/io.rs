@@ -550,16 +550,17 @@ pub(crate) unsafe fn apply(
     scope: Option<(sys::napi_ref, sys::napi_async_context)>,
     reading: Option<&RefCell<Io>>,
 ) {
-    // A waiter here may take a lock released in the open: before settling anything.
-    for (lane, key, told) in std::mem::take(&mut effects.open_releases) {
-        if let Some(lane) = lane.upgrade() {
-            wait::after_open_release(&lane, &key, told, &mut effects);
-        }
-    }
     // A waiter's reply may queue its next attempt (or end it): before settling anything.
     while !effects.waiter_replies.is_empty() {
         for (waiter, reply) in std::mem::take(&mut effects.waiter_replies) {
             wait::on_reply(&waiter, reply, &mut effects);
+        }
+    }
+    // A waiter here may take a lock released in the open; after the replies above, so that a
+    // waiter whose attempt came back in the same read counts as idle.
+    for (lane, key, told) in std::mem::take(&mut effects.open_releases) {
+        if let Some(lane) = lane.upgrade() {
+            wait::after_open_release(&lane, &key, told, &mut effects);
         }
     }
     for give_back in effects.releases {

@@ -9,9 +9,12 @@
 //! the lock taken again.
 //!
 //! Fairness between processes: after `HAND_OVER_STREAK` hand-overs in a row, a release is made
-//! in the open (published, no attempt behind it), and every process's first waiter, this
-//! one's included, hears it through its subscriber and tries: the lock goes to whoever comes
-//! first. A new waiting acquire that finds waiters of this process already queued for the key
+//! in the open (published, no attempt behind it). The release script says how many subscribers
+//! heard it: if any besides this process's own, this process's first waiter holds back for
+//! `YIELD` while theirs, woken by the release, take the lock; if not, it tries as soon as the
+//! release's reply is in. (An open release is always made when no waiter here is idle.) If a
+//! hand-over release meets NOSCRIPT, its EVAL runs after the waiter's attempt and is an open
+//! release, so nobody is left sleeping. A new waiting acquire that finds waiters of this process already queued for the key
 //! joins the queue without trying (no barging past them, and no attempt bound to fail). Without
 //! the streak, a process with steady demand for a lock would keep it for as long as the demand
 //! lasts, and waiters elsewhere would starve.
@@ -25,7 +28,7 @@ use std::collections::{HashMap, VecDeque};
 use std::ffi::c_void;
 use std::ptr;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use napi::sys;
 use sdl_engine::{EngineError, ReleaseWatch, WaitPlan, wire};
@@ -58,6 +61,8 @@ pub(crate) struct Waiter {
     /// The retry timer; its data holds a count on this waiter until it is closed.
     timer: *mut Handle,
     attempting: bool,
+    /// Holding back after this process's open release (see `after_open_release`).
+    yielding: bool,
     watch: Option<ReleaseWatch>,
     cancel_id: u32,
     /// Strong: a waiter keeps its lane (and Lock engine) alive until it is done.
@@ -71,8 +76,6 @@ pub(crate) struct Waiting {
     by_cancel_id: HashMap<u32, Rc<RefCell<Waiter>>>,
     /// Hand-overs in a row per key since its last open release.
     streaks: HashMap<String, u32>,
-    /// Keys released in the open here, until when their echo may still come back from Redis.
-    echoes: HashMap<String, Instant>,
 }
 
 /// Hand-overs in a row within this process before a release is made in the open, so that
@@ -83,9 +86,6 @@ const HAND_OVER_STREAK: u32 = 4;
 /// that waiters in other processes, which have to be woken first, can take the lock. (libuv
 /// timers count whole ms: the attempt comes 1-2 ms later.)
 const YIELD: Duration = Duration::from_millis(1);
-
-/// How long after an open release here a notification for its key is taken for its echo.
-const ECHO_WINDOW: Duration = Duration::from_millis(5);
 
 /// Past this many streaks kept, the streaks of keys without waiters are dropped.
 const STREAKS_KEPT: usize = 1024;
@@ -129,6 +129,7 @@ pub(crate) fn start(
         plan: request.plan,
         timer,
         attempting: false,
+        yielding: false,
         watch: None,
         cancel_id: request.cancel_id,
         lane: lane.clone(),
@@ -175,6 +176,7 @@ pub(crate) fn attempt(waiter: &Rc<RefCell<Waiter>>, effects: &mut Effects) {
             return;
         }
         w.attempting = true;
+        w.yielding = false;
         (w.lane.clone(), w.key.clone(), w.ttl)
     };
     let Some(io) = lane.single_io() else {
@@ -268,15 +270,13 @@ fn wait_until(waiter: &Rc<RefCell<Waiter>>, at: tokio::time::Instant) {
     unsafe { (uv.timer_start)(w.timer, on_timer, ms, 0) };
 }
 
-/// Gives the first idle waiter for `key` an attempt now: a release was heard (unless it is
-/// the echo of this process's own open release, already acted on by `after_open_release`).
+/// Gives the first idle waiter for `key` an attempt now: a release was heard. Not while it
+/// yields after this process's own open release (whose echo this may be): its timer makes the
+/// attempt within `YIELD` anyway.
 pub(crate) fn hand_over(lane: &LaneShared, key: &str, effects: &mut Effects) {
-    let echo = {
-        let mut waiting = lane.waiting.borrow_mut();
-        let until = waiting.echoes.remove(key);
-        until.is_some_and(|until| Instant::now() < until)
-    };
-    if !echo && let Some(waiter) = first_idle(lane, key) {
+    if let Some(waiter) = first_idle(lane, key)
+        && !waiter.borrow().yielding
+    {
         attempt(&waiter, effects);
     }
 }
@@ -289,17 +289,10 @@ pub(crate) fn after_open_release(lane: &LaneShared, key: &str, told: i64, effect
     let Some(waiter) = first_idle(lane, key) else {
         return;
     };
+    // Our own subscriber may be among those told.
     let ours = i64::from(waiter.borrow().watch.is_some());
-    {
-        let mut waiting = lane.waiting.borrow_mut();
-        if ours > 0 {
-            // Our own subscriber hears this release too: that echo is not news.
-            waiting
-                .echoes
-                .insert(key.to_owned(), Instant::now() + ECHO_WINDOW);
-        }
-    }
     if told > ours {
+        waiter.borrow_mut().yielding = true;
         wait_until(&waiter, tokio::time::Instant::now() + YIELD);
     } else {
         attempt(&waiter, effects);
@@ -320,13 +313,9 @@ pub(crate) fn next_in_line(lane: &LaneShared, key: &str) -> Option<Rc<RefCell<Wa
         // Streaks whose last holder never released through here (expired, lost, released on
         // the runtime path): keep only those of keys with waiters.
         let Waiting {
-            by_key,
-            streaks,
-            echoes,
-            ..
+            by_key, streaks, ..
         } = &mut *waiting;
         streaks.retain(|k, _| by_key.contains_key(k));
-        echoes.retain(|k, _| by_key.contains_key(k));
     }
     let streak = waiting.streaks.entry(key.to_owned()).or_default();
     if *streak >= HAND_OVER_STREAK {

@@ -208,8 +208,12 @@ pub fn release_command(key: &str, token: &str) -> WireCommand {
 
 /// The release for a hand-over: a waiter's acquire follows on the same connection, in the same
 /// write, so the release wakes nobody else (no publish); their turn comes at an open release.
+/// Should the server have lost the script, the EVAL sent instead runs after the waiter's
+/// attempt, which then found the lock still held: that EVAL is an open release, waking them.
 pub fn release_command_handing_over(key: &str, token: &str) -> WireCommand {
-    release_script(key, token, "")
+    let mut quiet = release_script(key, token, "");
+    quiet.script = release_command(key, token).script;
+    quiet
 }
 
 fn release_script(key: &str, token: &str, channel: &str) -> WireCommand {
@@ -470,5 +474,7 @@ mod tests {
             text.ends_with("$6\r\nlock:a\r\n$3\r\ntok\r\n$0\r\n\r\n"),
             "{text}"
         );
+        let eval = String::from_utf8(cmd.eval_fallback().unwrap()).unwrap();
+        assert!(eval.ends_with("$19\r\nsdl:released:lock:a\r\n"), "{eval}");
     }
 }
