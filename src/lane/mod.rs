@@ -3,14 +3,15 @@
 //!
 //! Each call through the runtime crosses threads twice (JS → tokio → JS), which costs more than
 //! the round trip to Redis on a VM. The lane removes both crossings for the hot calls (a single
-//! acquire attempt, release, extend, isLocked): the call encodes its command into a buffer; the
-//! buffer is written to a socket watched by Node's own event loop (libuv), once per loop turn
-//! for everything queued (auto-pipelining); replies are parsed as they arrive and settle their
-//! promises in one callback scope. For Redlock the call goes to every master's socket in the
-//! same turn and is decided as the replies come (see `quorum`). What the lane cannot do
-//! (waiting, TLS, Sentinel, cluster, replica acknowledgement, cancellation) takes the runtime
-//! path, which also serves calls while the lane's sockets are being opened (by the runtime), or
-//! after one broke, or while a Redlock master is down.
+//! acquire attempt, release, extend, isLocked, and on one server waiting and cancellable
+//! acquires, see `wait`): the call encodes its command into a buffer; the buffer is written to a
+//! socket watched by Node's own event loop (libuv), once per loop turn for everything queued
+//! (auto-pipelining); replies are parsed as they arrive and settle their promises in callback
+//! scopes (see `io::apply`). For Redlock the call goes to every master's socket in the same turn
+//! and is decided as the replies come (see `quorum`). What the lane cannot do (waiting on
+//! Redlock, TLS, Sentinel, cluster, replica acknowledgement) takes the runtime path, which also
+//! serves calls while the lane's sockets are being opened (by the runtime), or after one broke,
+//! or while a Redlock master is down.
 //!
 //! Everything here runs on the JS thread, except the sockets' opening.
 
