@@ -93,7 +93,8 @@ export interface Lease {
   readonly fence: number | null;
   /**
    * Epoch ms (this process's clock) until which the lock is known to be held: send time of the
-   * last successful SET or extend + ttl − a safety margin (ttl × driftFactor + 2 ms; by default 1% of ttl + 2 ms). Moves with extends.
+   * last successful SET or extend + ttl − a safety margin (ttl × driftFactor + 2 ms; by default
+   * 1% of ttl + 2 ms). Moves with extends.
    */
   readonly expiresAt: number;
   /** Aborts, with a `LockLostError` as its reason, when the lock is lost. */
