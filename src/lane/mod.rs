@@ -37,6 +37,7 @@ use env::LaneEnv;
 pub(crate) use io::Op;
 use io::{Effects, Io};
 use quorum::{QuorumCall, QuorumOp};
+use wait::Turn;
 pub(crate) use wait::WaitRequest;
 
 /// After a socket failed to open or broke, the runtime path serves alone for this long.
@@ -267,7 +268,7 @@ impl LaneShared {
         deadline: Instant,
     ) -> Result<sys::napi_value> {
         let now = tokio::time::Instant::now();
-        let mut next_in_line = None;
+        let mut turn = Turn::Nobody;
         let (command, op) = match call {
             LaneCall::Acquire {
                 key,
@@ -280,14 +281,14 @@ impl LaneShared {
                 (command, Op::Acquire(call))
             }
             LaneCall::Release { key, token } => {
-                next_in_line = wait::next_in_line(self, key);
-                let command = match next_in_line {
-                    Some(_) => wire::release_command_handing_over(key, token),
-                    None => wire::release_command(key, token),
+                turn = wait::next_in_line(self, key);
+                let command = match turn {
+                    Turn::HandOver(_) => wire::release_command_handing_over(key, token),
+                    Turn::Open | Turn::Nobody => wire::release_command(key, token),
                 };
                 let op = Op::Release {
                     key: key.to_owned(),
-                    open: next_in_line.is_none().then(|| Rc::downgrade(self)),
+                    open: matches!(turn, Turn::Open).then(|| Rc::downgrade(self)),
                 };
                 (command, op)
             }
@@ -302,7 +303,7 @@ impl LaneShared {
             LaneCall::Exists { key } => (wire::exists_command(key), Op::Flag),
         };
         let promise = io::submit(io, env.raw(), command, op, deadline)?;
-        if let Some(waiter) = next_in_line {
+        if let Turn::HandOver(waiter) = turn {
             // Hand-over: the waiter's attempt goes out right behind the release.
             let mut effects = Effects::default();
             wait::attempt(&waiter, &mut effects);

@@ -10,14 +10,14 @@
 //!
 //! Fairness between processes: after `HAND_OVER_STREAK` hand-overs in a row, a release is made
 //! in the open (published, no attempt behind it). The release script says how many subscribers
-//! heard it: if any besides this process's own, this process's first waiter holds back for
-//! `YIELD` while theirs, woken by the release, take the lock; if not, it tries as soon as the
-//! release's reply is in. (An open release is always made when no waiter here is idle.) If a
-//! hand-over release meets NOSCRIPT, its EVAL runs after the waiter's attempt and is an open
-//! release, so nobody is left sleeping. A new waiting acquire that finds waiters of this process already queued for the key
-//! joins the queue without trying (no barging past them, and no attempt bound to fail). Without
-//! the streak, a process with steady demand for a lock would keep it for as long as the demand
-//! lasts, and waiters elsewhere would starve.
+//! heard it: if any besides this lane's own, its first waiter holds back for `YIELD` while
+//! theirs, woken by the release, take the lock; if not, it tries as soon as the release's reply
+//! is in. (An open release is always made when no waiter here is idle.) If a hand-over release
+//! meets NOSCRIPT, its EVAL runs after the waiter's attempt and is an open release, so nobody is
+//! left sleeping. A new waiting acquire that finds waiters of this lane already queued for the
+//! key joins the queue without trying (no barging past them, and no attempt bound to fail).
+//! Without the streak, a process with steady demand for a lock would keep it for as long as the
+//! demand lasts, and waiters elsewhere would starve.
 //!
 //! A release by another process is heard through the engine's subscriber and gives the first
 //! waiter an attempt at once. Notified and handed-over attempts are free: the retry budget
@@ -299,14 +299,39 @@ pub(crate) fn after_open_release(lane: &LaneShared, key: &str, told: i64, effect
     }
 }
 
-/// This process is about to release `key`: the waiter whose attempt should follow the release
-/// in the same write, or `None` for an open release (no waiter here is idle, or the streak of
-/// hand-overs is used up and waiters elsewhere get their turn).
-pub(crate) fn next_in_line(lane: &LaneShared, key: &str) -> Option<Rc<RefCell<Waiter>>> {
+/// Who comes next after a release of a key by this lane.
+pub(crate) enum Turn {
+    /// This waiter: its attempt follows the release in the same write.
+    HandOver(Rc<RefCell<Waiter>>),
+    /// An open release, with waiters here (see `after_open_release`).
+    Open,
+    /// An open release, and nobody here waits for the key.
+    Nobody,
+}
+
+/// This lane is about to release `key`: a hand-over to its first idle waiter, or an open
+/// release (no waiter here is idle, or the streak of hand-overs is used up and waiters
+/// elsewhere get their turn).
+pub(crate) fn next_in_line(lane: &LaneShared, key: &str) -> Turn {
+    {
+        let mut waiting = lane.waiting.borrow_mut();
+        if waiting.is_empty() {
+            // The common case, nobody waits here: nothing to look up, and any streak ends.
+            if !waiting.streaks.is_empty() {
+                waiting.streaks.remove(key);
+            }
+            return Turn::Nobody;
+        }
+    }
     let Some(next) = first_idle(lane, key) else {
         // Nobody here to hand it to: the streak ends.
-        lane.waiting.borrow_mut().streaks.remove(key);
-        return None;
+        let mut waiting = lane.waiting.borrow_mut();
+        waiting.streaks.remove(key);
+        return if waiting.by_key.contains_key(key) {
+            Turn::Open
+        } else {
+            Turn::Nobody
+        };
     };
     let mut waiting = lane.waiting.borrow_mut();
     if waiting.streaks.len() >= STREAKS_KEPT && !waiting.streaks.contains_key(key) {
@@ -320,10 +345,10 @@ pub(crate) fn next_in_line(lane: &LaneShared, key: &str) -> Option<Rc<RefCell<Wa
     let streak = waiting.streaks.entry(key.to_owned()).or_default();
     if *streak >= HAND_OVER_STREAK {
         *streak = 0;
-        return None;
+        return Turn::Open;
     }
     *streak += 1;
-    Some(next)
+    Turn::HandOver(next)
 }
 
 fn first_idle(lane: &LaneShared, key: &str) -> Option<Rc<RefCell<Waiter>>> {
