@@ -3,7 +3,8 @@
 // `napi pre-publish`, which writes optionalDependencies), packed with `npm pack`, installed from
 // the tarballs into a fresh project without network access, then used through `require`,
 // `import` and TypeScript (`tsc --strict`) to run the v1 README examples against Redis on
-// localhost:6379. Anything missing from a tarball fails here.
+// localhost:6379; its command-line tool runs through `npm exec`. Anything missing from a tarball
+// fails here.
 //
 // Not a *.test.mjs file, so `npm test` leaves it out: it needs a release build of this machine's
 // engine and takes about half a minute. `.ci/run` runs it; by hand: `npm run build && npm run
@@ -98,16 +99,34 @@ before(async () => {
   for (const tool of ['ioredis', '@types/node']) symlinkSync(join(repo, 'node_modules', tool), join(consumer, 'node_modules', tool), 'junction');
 });
 
-test('the root tarball holds the JS facade and its types, nothing else', () => {
+test('the root tarball holds the JS facade and its types, the command-line tool, nothing else', () => {
   const paths = rootPack.files.map((f) => f.path).sort();
   for (const path of paths) {
-    assert.match(path, /^(package\.json|README\.md|LICENSE|CHANGELOG\.md|index\.(js|mjs|d\.ts|d\.mts)|lib\/[\w-]+\.js)$/, `unexpected in the root tarball: ${path}`);
+    assert.match(path, /^(package\.json|README\.md|LICENSE|CHANGELOG\.md|index\.(js|mjs|d\.ts|d\.mts)|lib\/(cli\/)?[\w-]+\.js|bin\/simple-distributed-lock\.js)$/, `unexpected in the root tarball: ${path}`);
   }
-  for (const path of ['index.js', 'index.mjs', 'index.d.ts', 'index.d.mts', 'lib/native.js', 'lib/lock.js', 'lib/errors.js']) {
+  for (const path of ['index.js', 'index.mjs', 'index.d.ts', 'index.d.mts', 'lib/native.js', 'lib/lock.js', 'lib/errors.js', 'bin/simple-distributed-lock.js']) {
     assert.ok(paths.includes(path), `missing from the root tarball: ${path}`);
   }
-  const libFiles = readdirSync(join(repo, 'lib')).filter((f) => f.endsWith('.js')).map((f) => `lib/${f}`);
-  assert.deepEqual(paths.filter((p) => p.startsWith('lib/')), libFiles.sort());
+  const jsIn = (/** @type {string} */ dir) => readdirSync(join(repo, dir)).filter((f) => f.endsWith('.js')).map((f) => `${dir}/${f}`);
+  assert.deepEqual(paths.filter((p) => p.startsWith('lib/')), [...jsIn('lib'), ...jsIn('lib/cli')].sort());
+});
+
+test('the command-line tool runs from the installed package (npm exec, the bin link)', () => {
+  const manifest = JSON.parse(readFileSync(join(installed, 'package.json'), 'utf8'));
+  assert.deepEqual(manifest.bin, { [PACKAGE]: 'bin/simple-distributed-lock.js' });
+  const exec = (/** @type {string[]} */ args) => npm(consumer, ['exec', '--offline', '--no', '--', PACKAGE, ...args]);
+  assert.match(exec(['--help']), /^Usage: simple-distributed-lock <command>/);
+  assert.equal(exec(['--version']).trim(), version);
+  assert.match(exec(['run', '--help']), /--conflict-exit-code/);
+  // The engine loads from the platform package: a real run against Redis on localhost:6379.
+  const program = 'console.log(`ran ${process.env.LOCK_RESOURCE} ${/^[0-9a-f]{32}$/.test(process.env.LOCK_TOKEN)}`)';
+  const output = execFileSync(process.execPath, [join(installed, 'bin', 'simple-distributed-lock.js'), 'run', 'packed-cli', '--', process.execPath, '-e', program], {
+    cwd: consumer,
+    encoding: 'utf8',
+    env: { ...process.env, REDIS_URL: 'redis://127.0.0.1:6379' },
+    timeout: 60000,
+  });
+  assert.equal(output, 'ran packed-cli true\n');
 });
 
 test('the root package lists every platform package at its own version, and runs no install script', () => {
