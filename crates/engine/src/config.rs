@@ -18,7 +18,7 @@ pub enum ServerAddress {
 }
 
 /// TLS settings, as ioredis's `tls` option carries them.
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct TlsOptions {
     /// PEM root certificate(s) to trust instead of the bundled Mozilla roots.
     pub ca: Option<Vec<u8>>,
@@ -27,6 +27,8 @@ pub struct TlsOptions {
     pub key: Option<Vec<u8>>,
     /// `false` accepts any certificate (ioredis `rejectUnauthorized: false`).
     pub reject_unauthorized: bool,
+    /// The name to check the certificate against and send (SNI); the host by default.
+    pub servername: Option<String>,
 }
 
 impl fmt::Debug for TlsOptions {
@@ -36,6 +38,7 @@ impl fmt::Debug for TlsOptions {
             .field("cert", &self.cert.as_ref().map(|_| "<pem>"))
             .field("key", &self.key.as_ref().map(|_| "<redacted>"))
             .field("reject_unauthorized", &self.reject_unauthorized)
+            .field("servername", &self.servername)
             .finish()
     }
 }

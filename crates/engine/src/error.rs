@@ -84,11 +84,6 @@ impl EngineError {
         &self.message
     }
 
-    /// Whether the connection this error came from should be replaced.
-    pub(crate) fn breaks_connection(&self) -> bool {
-        matches!(self.kind, ErrorKind::Connection | ErrorKind::Timeout)
-    }
-
     /// Classifies an error of the redis crate that happened while talking to `target`.
     ///
     /// `timeout` is the limit that applied, for the message.
@@ -140,6 +135,55 @@ impl EngineError {
             ),
         }
     }
+}
+
+/// A server's error reply, as the engine reports it: the one place that says what each code
+/// means to a caller (credentials refused, or some other error of Redis's).
+pub(crate) fn server_error(code: &str, detail: Option<&str>, target: &str) -> EngineError {
+    let mut text = match detail {
+        Some(detail) => format!("{code} {detail}"),
+        None => code.to_owned(),
+    };
+    if text.chars().count() > 200 {
+        text = text.chars().take(200).chain(['…']).collect();
+    }
+    match code {
+        "NOAUTH" | "WRONGPASS" | "NOPERM" => EngineError::new(
+            ErrorKind::Auth,
+            format!("Redis at {target} refused the credentials: {text}"),
+        ),
+        _ => EngineError::new(
+            ErrorKind::Redis,
+            format!("Redis at {target} replied with an error: {text}"),
+        ),
+    }
+}
+
+/// The connection to `target` broke, or its peer spoke something that is not RESP.
+pub(crate) fn connection_failed(target: &str, why: &str) -> EngineError {
+    EngineError::new(
+        ErrorKind::Connection,
+        format!("connection to Redis at {target} failed: {why}"),
+    )
+}
+
+/// A connection attempt to `target` failed.
+pub(crate) fn cannot_connect(target: &str, why: &str) -> EngineError {
+    EngineError::new(
+        ErrorKind::Connection,
+        format!("cannot connect to Redis at {target}: {why}"),
+    )
+}
+
+/// No reply within the limit.
+pub(crate) fn timed_out(target: &str, limit: Duration) -> EngineError {
+    EngineError::new(
+        ErrorKind::Timeout,
+        format!(
+            "Redis at {target} did not answer within {} ms",
+            limit.as_millis()
+        ),
+    )
 }
 
 /// `CODE detail` of a server error reply, without the crate's decorations.

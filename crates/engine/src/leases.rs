@@ -15,14 +15,16 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use tokio::runtime::Handle;
 use tokio::sync::Notify;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::Backend;
-use crate::error::{EngineError, ErrorKind};
+use crate::core::Grant;
+use crate::error::{EngineError, EngineResult, ErrorKind};
+use crate::keys;
+use crate::locker::Awaited;
 
 /// Why a lease ended without a release.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,7 +100,8 @@ pub(crate) struct Leases {
 struct Shared {
     state: Mutex<State>,
     wake: Notify,
-    backend: Arc<Backend>,
+    background: Arc<Awaited>,
+    runtime: Handle,
     cancel: CancellationToken,
     on_lost: Option<LostCallback>,
     drift_factor: f64,
@@ -109,11 +112,16 @@ fn retry_after(interval: Duration) -> Duration {
     (interval / 5).clamp(Duration::from_millis(10), Duration::from_millis(500))
 }
 
-type Batch = Vec<crate::ops::ExtendItem>;
+/// One lease to extend: (token, key, ttl).
+type Batch = Vec<(Arc<str>, String, Duration)>;
+
+/// Most locks one batch script extends: keeps each script run short on the server.
+const EXTENDS_PER_SCRIPT: usize = 256;
 
 impl Leases {
     pub(crate) fn new(
-        backend: Arc<Backend>,
+        runtime: Handle,
+        background: Arc<Awaited>,
         cancel: CancellationToken,
         on_lost: Option<LostCallback>,
         drift_factor: f64,
@@ -123,22 +131,23 @@ impl Leases {
                 drift_factor,
                 state: Mutex::new(State::default()),
                 wake: Notify::new(),
-                backend,
+                background,
+                runtime,
                 cancel,
                 on_lost,
             }),
         }
     }
 
-    /// Starts tracking a lease whose `SET` was sent at `sent_at`. Must run inside the runtime.
-    pub(crate) fn track(
-        &self,
-        key: &str,
-        token: &str,
-        ttl: Duration,
-        sent_at: Instant,
-        auto_extend: bool,
-    ) {
+    /// Starts tracking a granted lease (auto-extended, or only watched).
+    pub(crate) fn track(&self, grant: &Grant) {
+        let (key, token, ttl, sent_at, auto_extend) = (
+            grant.key.as_str(),
+            grant.token.as_str(),
+            grant.ttl,
+            grant.sent_at,
+            grant.auto_extend,
+        );
         let interval =
             auto_extend.then(|| Duration::from_millis((ttl.as_millis() / 2).max(1) as u64));
         let lease = HeldLease {
@@ -162,7 +171,7 @@ impl Leases {
         state.reschedule(&token, due);
         if !state.task_started {
             state.task_started = true;
-            tokio::spawn(run(self.shared.clone()));
+            self.shared.runtime.spawn(run(self.shared.clone()));
         } else if earliest_before.is_none_or(|at| due < at) {
             self.shared.wake.notify_one();
         }
@@ -305,12 +314,12 @@ async fn run(shared: Arc<Shared>) {
         tokio::select! {
             _ = shared.cancel.cancelled() => return,
             _ = shared.wake.notified() => continue,
-            _ = tokio::time::sleep_until(next.unwrap_or(far)) => {}
+            _ = tokio::time::sleep_until(next.unwrap_or(far).into()) => {}
         }
         let (batch, lost) = shared.lock().take_due(Instant::now());
         if !batch.is_empty() {
             // A slow server must not hold up the next tick: each batch runs on its own.
-            tokio::spawn(extend_batch(shared.clone(), batch));
+            shared.runtime.spawn(extend_batch(shared.clone(), batch));
         }
         shared.report(lost);
     }
@@ -318,8 +327,7 @@ async fn run(shared: Arc<Shared>) {
 
 async fn extend_batch(shared: Arc<Shared>, batch: Batch) {
     let sent_at = Instant::now();
-    let batch = Arc::new(batch);
-    let results = shared.backend.extend_many(batch.clone()).await;
+    let results = extend_many(&shared.background, &batch).await;
 
     let mut lost = Vec::new();
     {
@@ -360,4 +368,43 @@ async fn extend_batch(shared: Arc<Shared>, batch: Batch) {
     // The scheduler may be asleep until a later entry; let it see the new ones.
     shared.wake.notify_one();
     shared.report(lost);
+}
+
+/// Extends many leases with as few round trips as the deployment allows: one script per 256
+/// locks, and on a cluster one per slot (a script's keys must share a slot). All go out at once.
+async fn extend_many(background: &Awaited, batch: &Batch) -> Vec<EngineResult<bool>> {
+    let groups: Vec<Vec<usize>> = if background.is_cluster() {
+        let mut by_slot: std::collections::HashMap<u16, Vec<usize>> = Default::default();
+        for (index, (_, key, _)) in batch.iter().enumerate() {
+            by_slot.entry(keys::slot(key)).or_default().push(index);
+        }
+        by_slot.into_values().collect()
+    } else {
+        vec![(0..batch.len()).collect()]
+    };
+    let chunks: Vec<&[usize]> = groups
+        .iter()
+        .flat_map(|group| group.chunks(EXTENDS_PER_SCRIPT))
+        .collect();
+    let calls: Vec<_> = chunks
+        .iter()
+        .map(|chunk| {
+            let items = chunk
+                .iter()
+                .map(|&i| {
+                    let (token, key, ttl) = &batch[i];
+                    (key.clone(), token.to_string(), *ttl)
+                })
+                .collect();
+            background.extend_many(items)
+        })
+        .collect();
+    let replies = futures_util::future::join_all(calls).await;
+    let mut results: Vec<EngineResult<bool>> = vec![Ok(false); batch.len()];
+    for (chunk, replies) in chunks.iter().zip(replies) {
+        for (&index, reply) in chunk.iter().zip(replies) {
+            results[index] = reply;
+        }
+    }
+    results
 }

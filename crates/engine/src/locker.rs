@@ -1,95 +1,31 @@
-//! The lock operations on one Redis server, with v1's data layout and semantics.
+//! A `Locker`: the lock API of one Lock over one core, with what runs beside it on the runtime:
+//! auto-extension (on a second core of its own, so leases stay alive while the JS thread is
+//! blocked), the release subscriber, and behind Sentinel the failover watch.
+//!
+//! The core's user calls are driven either by the runtime (`Transport::Runtime`) or by a
+//! transport of the caller's (`Transport::EventLoop`: the Node binding's libuv lane), which
+//! then drains the core's events itself and hands them to `apply`. Either way a call is
+//! submitted synchronously, in the order it was made, and every call of the Lock goes down the
+//! same connection(s): WAIT (`replicas`) is the one exception, on a connection of its own.
 
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
-use tokio::time::Instant;
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{Backend, ReplicaAck, Topology};
-use crate::error::{EngineError, EngineResult};
-use crate::keys;
-use crate::leases::{DEFAULT_DRIFT_FACTOR, Leases, LostCallback, deadline_at};
-use crate::token::new_token;
-use crate::waiters::{ReleaseListener, WaitGuard, Waiters};
-
-/// How `acquire` waits for a lock somebody else holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Attempts after the first one; `None` retries until acquired, timed out or cancelled.
-    pub retry_count: Option<u64>,
-    /// Pause between attempts, unless a release notification ends it early.
-    pub retry_delay: Duration,
-    /// Up to this much random extra pause per attempt.
-    pub retry_jitter: Duration,
-    /// Stop waiting after this much time in total.
-    pub wait_timeout: Option<Duration>,
-}
-
-impl RetryPolicy {
-    /// One attempt, no retry (v1's default).
-    pub const ONCE: RetryPolicy = RetryPolicy {
-        retry_count: Some(0),
-        retry_delay: Duration::from_millis(200),
-        retry_jitter: Duration::ZERO,
-        wait_timeout: None,
-    };
-}
-
-/// A subscription to a lock's release channel, held by an outside waiter.
-pub struct ReleaseWatch {
-    // Held for its Drop, which unsubscribes when the last watcher of the channel leaves.
-    _guard: WaitGuard,
-}
-
-/// When a waiting acquire tries again, and when it gives up.
-///
-/// v1's budget: 1 + retry_count attempts, retry_delay (+ jitter) apart, and no longer than the
-/// wait timeout. An attempt triggered by a release notification comes on top, without using a
-/// retry up, so a waiter gives up no sooner than v1 would, and takes a freed lock without
-/// sleeping out the delay. Shared by the engine's waiting loop and the binding's event-loop
-/// lane.
-#[derive(Debug, Clone)]
-pub struct WaitPlan {
-    retry: RetryPolicy,
-    polls_left: Option<u64>,
-    next_poll: Option<Instant>,
-    wait_until: Option<Instant>,
-}
-
-impl WaitPlan {
-    pub fn new(retry: RetryPolicy, now: Instant) -> Self {
-        Self {
-            polls_left: retry.retry_count,
-            next_poll: None,
-            wait_until: retry.wait_timeout.map(|t| now + t),
-            retry,
-        }
-    }
-
-    /// An attempt found the lock held at `now`: when to try again (unless a notification comes
-    /// first), or `None` to give up.
-    pub fn after_held(&mut self, now: Instant) -> Option<Instant> {
-        // A timed attempt (or the first) schedules the next one; a notified one keeps it.
-        if self.next_poll.is_none_or(|at| now >= at) {
-            match self.polls_left {
-                Some(0) => return None,
-                Some(n) => self.polls_left = Some(n - 1),
-                None => {}
-            }
-            let jitter = self.retry.retry_jitter.mul_f64(rand::random::<f64>());
-            let mut at = now + self.retry.retry_delay + jitter;
-            if let Some(until) = self.wait_until {
-                if now >= until {
-                    return None;
-                }
-                at = at.min(until);
-            }
-            self.next_poll = Some(at);
-        }
-        self.next_poll
-    }
-}
+use crate::core::{
+    AcquireSpec, Call, CallId, Core, Endpoint, Event, Outcome, ReplicaAck, Topology,
+};
+use crate::error::{EngineError, EngineResult, ErrorKind};
+use crate::leases::{DEFAULT_DRIFT_FACTOR, Leases, LostCallback};
+use crate::net::driver::{Driver, lock};
+use crate::policy::wait::RetryPolicy;
+use crate::subscriber::{Heard, Subscriber};
 
 /// What `acquire` needs to know besides the key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,19 +57,35 @@ impl Acquired {
     }
 }
 
-/// Settings of a `Locker` beyond the server.
+/// Where the outcomes of calls submitted with `submit` go (from the runtime).
+pub type DoneSink = Arc<dyn Fn(Vec<(CallId, Outcome)>) + Send + Sync>;
+/// Asks an event-loop transport to drain the core (something changed from the runtime).
+pub type Waker = Arc<dyn Fn() + Send + Sync>;
+
+/// Who drives the core's connections for the Lock's own calls.
+#[derive(Clone, Default)]
+pub enum Transport {
+    /// A tokio task; outcomes of `submit`ted calls go to the sink.
+    #[default]
+    Runtime,
+    RuntimeWithSink(DoneSink),
+    /// The caller's own (see the module); `waker` is called when it must drain the core.
+    EventLoop(Waker),
+}
+
+/// Settings of a `Locker` beyond the deployment.
 #[derive(Clone)]
 pub struct LockerOptions {
-    /// Keep a fencing counter per lock key (one small key each, never expiring).
+    /// Keep a fencing counter per lock key.
     pub fencing: bool,
     /// Called once for each tracked lease that is lost (never for a released one).
     pub on_lost: Option<LostCallback>,
-    /// Told the key of each release heard from Redis on a watched channel (see
-    /// `watch_releases`), for waiters this engine does not run itself.
-    pub on_released: Option<ReleaseListener>,
     /// Share of the ttl set aside for clock drift: a lease's deadline is its send time + ttl -
     /// (ttl * drift_factor + 2 ms). Redlock's validity time uses the same margin.
     pub drift_factor: f64,
+    /// The runtime for background work; the current one if `None`.
+    pub runtime: Option<Handle>,
+    pub transport: Transport,
 }
 
 impl Default for LockerOptions {
@@ -141,213 +93,451 @@ impl Default for LockerOptions {
         Self {
             fencing: true,
             on_lost: None,
-            on_released: None,
             drift_factor: DEFAULT_DRIFT_FACTOR,
+            runtime: None,
+            transport: Transport::Runtime,
         }
     }
 }
 
-/// Lock operations against one Redis server over one lazily opened connection.
-///
-/// Creating a `Locker` does no I/O and needs no runtime; the first operation connects.
-pub struct Locker {
-    backend: Arc<Backend>,
+type Responders = Mutex<HashMap<CallId, oneshot::Sender<Outcome>>>;
+
+/// A core on the runtime whose calls are awaited: the Locker's own when its transport is the
+/// runtime, and the background one for auto-extension.
+pub(crate) struct Awaited {
+    core: Arc<Mutex<Core>>,
+    driver: OnceLock<Driver>,
+    responders: Arc<Responders>,
+    next_id: AtomicU64,
+}
+
+impl Awaited {
+    fn new(core: Core) -> Self {
+        Self {
+            core: Arc::new(Mutex::new(core)),
+            driver: OnceLock::new(),
+            responders: Arc::default(),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    fn start(&self, runtime: &Handle, stop: CancellationToken, also: Option<Weak<Inner>>) {
+        let responders = Arc::downgrade(&self.responders);
+        let driver = Driver::start(
+            runtime,
+            self.core.clone(),
+            stop,
+            Box::new(move |events| {
+                let done = match also.as_ref().and_then(Weak::upgrade) {
+                    Some(inner) => inner.apply(events),
+                    None => done_of(events),
+                };
+                route(&responders, done, None);
+            }),
+        );
+        let _ = self.driver.set(driver);
+    }
+
+    fn wake(&self) {
+        if let Some(driver) = self.driver.get() {
+            driver.wake();
+        }
+    }
+
+    /// Makes a call now; the future resolves to its outcome.
+    pub(crate) fn call(
+        &self,
+        id: Option<CallId>,
+        call: Call,
+    ) -> impl Future<Output = Outcome> + Send + 'static {
+        let id = id.unwrap_or_else(|| self.next_id.fetch_add(1, Ordering::Relaxed) | (1 << 62));
+        let (sender, receiver) = oneshot::channel();
+        lock_map(&self.responders).insert(id, sender);
+        let stopped = {
+            let mut core = lock(&self.core);
+            core.call(id, call, Instant::now());
+            // Closed: no driver runs any more to hand the (closed) outcome over.
+            core.is_closed().then(|| core.take_events())
+        };
+        match stopped {
+            Some(events) => route(&Arc::downgrade(&self.responders), done_of(events), None),
+            None => self.wake(),
+        }
+        async move {
+            receiver
+                .await
+                .unwrap_or_else(|_| Outcome::Failed(EngineError::closed()))
+        }
+    }
+
+    /// Extends many leases: one call per slot group of at most 256 (see `leases`).
+    pub(crate) fn extend_many(
+        &self,
+        items: Vec<(String, String, Duration)>,
+    ) -> impl Future<Output = Vec<EngineResult<bool>>> + Send + 'static {
+        let n = items.len();
+        let call = self.call(None, Call::ExtendMany { items });
+        async move {
+            match call.await {
+                Outcome::Flags(flags) if flags.len() == n => flags,
+                Outcome::Failed(err) => vec![Err(err); n],
+                _ => vec![
+                    Err(EngineError::new(
+                        ErrorKind::Redis,
+                        "a reply of the wrong kind"
+                    ));
+                    n
+                ],
+            }
+        }
+    }
+
+    pub(crate) fn is_cluster(&self) -> bool {
+        lock(&self.core).is_cluster()
+    }
+
+    fn close(&self) {
+        let events = {
+            let mut core = lock(&self.core);
+            core.close(Instant::now());
+            core.take_events()
+        };
+        route(&Arc::downgrade(&self.responders), done_of(events), None);
+    }
+}
+
+fn done_of(events: Vec<Event>) -> Vec<(CallId, Outcome)> {
+    events
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Done(id, outcome) => Some((id, outcome)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn lock_map<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Outcomes to their awaiting futures, the rest to the sink.
+fn route(responders: &Weak<Responders>, done: Vec<(CallId, Outcome)>, sink: Option<&DoneSink>) {
+    if done.is_empty() {
+        return;
+    }
+    let mut rest = Vec::new();
+    match responders.upgrade() {
+        Some(responders) => {
+            let mut map = lock_map(&responders);
+            for (id, outcome) in done {
+                match map.remove(&id) {
+                    Some(sender) => {
+                        let _ = sender.send(outcome);
+                    }
+                    None => rest.push((id, outcome)),
+                }
+            }
+        }
+        None => rest = done,
+    }
+    if let Some(sink) = sink
+        && !rest.is_empty()
+    {
+        sink(rest);
+    }
+}
+
+struct Inner {
+    main: Awaited,
+    transport: Transport,
+    background: Arc<Awaited>,
     leases: Leases,
-    waiters: OnceLock<Waiters>,
-    on_released: Option<ReleaseListener>,
-    fencing: bool,
-    drift_factor: f64,
+    subscriber: Subscriber,
+    sentinel: Option<Arc<crate::sentinel::SentinelConfig>>,
+    sentinel_watch: OnceLock<()>,
+    runtime: Handle,
     closed: CancellationToken,
+    fencing: bool,
+    target: String,
+}
+
+/// The lock operations of one Lock.
+///
+/// Creating a `Locker` does no I/O; the first operation connects.
+pub struct Locker {
+    inner: Arc<Inner>,
 }
 
 impl Locker {
     pub fn new(topology: impl Into<Topology>, options: LockerOptions) -> EngineResult<Self> {
-        let backend = Arc::new(Backend::new(topology.into())?);
-        let closed = CancellationToken::new();
-        Ok(Self {
-            leases: Leases::new(
-                backend.clone(),
-                closed.clone(),
-                options.on_lost,
-                options.drift_factor,
+        let topology = topology.into();
+        let runtime = match options.runtime {
+            Some(runtime) => runtime,
+            None => Handle::try_current().map_err(|_| {
+                EngineError::new(ErrorKind::Config, "a Locker needs a tokio runtime")
+            })?,
+        };
+        let now = Instant::now();
+        let core = Core::new(&topology, options.fencing, options.drift_factor, now)?;
+        let background = Arc::new(Awaited::new(Core::new(
+            &topology,
+            options.fencing,
+            options.drift_factor,
+            now,
+        )?));
+        let sources: Vec<Endpoint> = (0..core.conn_count())
+            .map(|i| core.endpoint(i).clone())
+            .collect();
+        let timeouts = match &topology {
+            Topology::Single(c) => (c.connect_timeout, c.command_timeout),
+            Topology::Sentinel(s) => (s.master.connect_timeout, s.master.command_timeout),
+            Topology::Cluster(n) | Topology::Redlock(n) => {
+                (n[0].connect_timeout, n[0].command_timeout)
+            }
+        };
+        let target = match &topology {
+            Topology::Single(config) => config.target(),
+            Topology::Sentinel(sentinel) => sentinel.target(),
+            Topology::Cluster(nodes) => format!(
+                "cluster {}",
+                nodes
+                    .iter()
+                    .map(|n| n.target())
+                    .collect::<Vec<_>>()
+                    .join(",")
             ),
-            drift_factor: options.drift_factor,
-            backend,
-            waiters: OnceLock::new(),
-            on_released: options.on_released,
-            fencing: options.fencing,
-            closed,
-        })
-    }
-
-    /// The servers' settings if the deployment is one plain server, or Redlock over plain
-    /// masters (no Sentinel, cluster or TLS), for a caller that drives its own connections
-    /// (see `wire`): one entry for a single server, one per master for Redlock.
-    pub fn plain_servers(&self) -> Option<Vec<&crate::ServerConfig>> {
-        self.backend.plain_servers()
-    }
-
-    /// Whether the deployment is Redlock (its calls need a majority of masters).
-    pub fn is_redlock(&self) -> bool {
-        self.backend.is_quorum()
-    }
-
-    /// The deadline of a lock whose `SET` was sent at `sent_at` (for Redlock, also its
-    /// validity time: a majority reached later does not count).
-    pub fn deadline_for(&self, sent_at: Instant, ttl: Duration) -> Instant {
-        deadline_at(sent_at + ttl, ttl, self.drift_factor)
-    }
-
-    /// Whether acquires keep a fencing counter.
-    pub fn fencing(&self) -> bool {
-        self.fencing
-    }
-
-    /// Takes over a lock acquired by a caller's own connection (its `SET` sent at `sent_at`):
-    /// tracks it like one acquired here. Returns its deadline. Must run inside the runtime when
-    /// `auto_extend || watch`.
-    pub fn adopt(
-        &self,
-        key: &str,
-        token: &str,
-        ttl: Duration,
-        sent_at: Instant,
-        auto_extend: bool,
-        watch: bool,
-    ) -> Instant {
-        if auto_extend || watch {
-            self.leases.track(key, token, ttl, sent_at, auto_extend);
+            Topology::Redlock(nodes) => format!(
+                "Redlock over {} masters ({})",
+                nodes.len(),
+                nodes
+                    .iter()
+                    .map(|n| n.target())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        let sentinel = match &topology {
+            Topology::Sentinel(s) => Some(Arc::new(s.clone())),
+            _ => None,
+        };
+        let closed = CancellationToken::new();
+        let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
+            let listener_owner = weak.clone();
+            let subscriber = Subscriber::new(
+                sources,
+                runtime.clone(),
+                closed.clone(),
+                Box::new(move |heard| {
+                    if let Some(inner) = listener_owner.upgrade() {
+                        let now = Instant::now();
+                        inner.touch(|core| match heard {
+                            Heard::Released(key) => core.release_heard(key, now),
+                            Heard::Subscribed => core.release_heard_all(now),
+                        });
+                    }
+                }),
+                timeouts,
+            );
+            Inner {
+                leases: Leases::new(
+                    runtime.clone(),
+                    background.clone(),
+                    closed.clone(),
+                    options.on_lost,
+                    options.drift_factor,
+                ),
+                main: Awaited::new(core),
+                transport: options.transport,
+                background,
+                subscriber,
+                sentinel,
+                sentinel_watch: OnceLock::new(),
+                runtime: runtime.clone(),
+                closed,
+                fencing: options.fencing,
+                target,
+            }
+        });
+        if !matches!(inner.transport, Transport::EventLoop(_)) {
+            inner
+                .main
+                .start(&runtime, inner.closed.clone(), Some(Arc::downgrade(&inner)));
         }
-        self.deadline_for(sent_at, ttl)
+        inner.background.start(&runtime, inner.closed.clone(), None);
+        Ok(Self { inner })
     }
 
-    /// Records a successful extend sent at `sent_at` by a caller's own connection, moving the
-    /// tracked lease's deadline.
-    pub fn note_extended(&self, token: &str, sent_at: Instant, ttl: Duration) {
-        self.leases.extended(token, sent_at, ttl);
+    /// A fresh id for `submit`.
+    pub fn next_call_id(&self) -> CallId {
+        self.inner.main.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// What messages call the deployment (`host:port`, a socket path, a cluster, ...).
-    pub fn target(&self) -> &str {
-        self.backend.target()
+    /// Makes a call now. With the runtime transport its outcome goes to the sink; with an
+    /// event-loop transport it comes out of the core, which the caller drains.
+    pub fn submit(&self, id: CallId, call: Call) {
+        let inner = &self.inner;
+        if let Call::Release { key, token } = &call {
+            inner.leases.forget(key, token);
+        }
+        inner.watch_sentinel();
+        let stopped = {
+            let mut core = lock(&inner.main.core);
+            core.call(id, call, Instant::now());
+            core.is_closed().then(|| core.take_events())
+        };
+        match (stopped, &inner.transport) {
+            // The event loop drains the core itself.
+            (_, Transport::EventLoop(_)) => {}
+            (Some(events), _) => {
+                let done = inner.apply(events);
+                route(&Arc::downgrade(&inner.main.responders), done, None);
+            }
+            (None, _) => inner.main.wake(),
+        }
+    }
+
+    /// Stops a waiting acquire (it ends with a cancelled error). `false` if it was not waiting.
+    pub fn cancel(&self, id: CallId) -> bool {
+        let found = lock(&self.inner.main.core).cancel(id, Instant::now());
+        self.inner.main.wake();
+        found
+    }
+
+    /// The core, for an event-loop transport.
+    pub fn core(&self) -> &Arc<Mutex<Core>> {
+        &self.inner.main.core
+    }
+
+    /// Acts on what the core said (leases to track, extends, keys to listen on) and returns the
+    /// outcomes of calls, for an event-loop transport to settle.
+    pub fn apply(&self, events: Vec<Event>) -> Vec<(CallId, Outcome)> {
+        self.inner.apply(events)
+    }
+
+    pub fn runtime(&self) -> &Handle {
+        &self.inner.runtime
     }
 
     /// Takes the lock at `key`, waiting as the policy says.
     ///
-    /// Returns `None` when every attempt found the lock held or the wait timed out; an error
-    /// with kind `Closed` if the Locker closed, or `Cancelled` (see [`EngineError::cancelled`])
-    /// when `cancel` fired while waiting.
-    pub async fn acquire(
+    /// `None` when every attempt found the lock held or the wait timed out; an error with kind
+    /// `Closed` if the Locker closed, or `Cancelled` when `cancel` fired while waiting.
+    pub fn acquire(
         &self,
         key: &str,
         options: AcquireOptions,
         cancel: Option<&CancellationToken>,
-    ) -> EngineResult<Option<Acquired>> {
-        self.ensure_open()?;
+    ) -> impl Future<Output = EngineResult<Option<Acquired>>> + Send + 'static {
+        let id = self.next_call_id();
         let retry = options.retry;
-        let never = CancellationToken::new();
-        let cancel = cancel.unwrap_or(&never);
-        let mut waiter: Option<WaitGuard> = None;
-        let mut plan = WaitPlan::new(retry, Instant::now());
-        loop {
-            if cancel.is_cancelled() {
-                return Err(EngineError::cancelled());
-            }
-            // A fresh token per attempt: Redlock releases a failed attempt's grants in the
-            // background, and that cleanup must never match a later attempt's grant.
-            let token = new_token();
-            let sent_at = Instant::now();
-            let valid_until = deadline_at(sent_at + options.ttl, options.ttl, self.drift_factor);
-            let granted = self
-                .backend
-                .try_acquire(
-                    key,
-                    &token,
-                    options.ttl,
-                    self.fencing,
-                    valid_until,
-                    options.replicas,
-                )
-                .await?;
-            if let Some(fence) = granted {
-                if options.auto_extend || options.watch {
-                    self.leases
-                        .track(key, &token, options.ttl, sent_at, options.auto_extend);
+        let waits = retry != RetryPolicy::ONCE;
+        let call = Call::Acquire {
+            spec: AcquireSpec {
+                key: key.to_owned(),
+                ttl: options.ttl,
+                auto_extend: options.auto_extend,
+                watch: options.watch,
+                replicas: options.replicas,
+            },
+            retry: waits.then_some(retry),
+        };
+        self.inner.watch_sentinel();
+        let outcome = self.inner.main.call(Some(id), call);
+        let cancel = cancel.cloned();
+        let inner = Arc::downgrade(&self.inner);
+        async move {
+            let outcome = match cancel {
+                None => outcome.await,
+                Some(cancel) => {
+                    tokio::pin!(outcome);
+                    tokio::select! {
+                        outcome = &mut outcome => outcome,
+                        _ = cancel.cancelled() => {
+                            if let Some(inner) = inner.upgrade() {
+                                lock(&inner.main.core).cancel(id, Instant::now());
+                                inner.main.wake();
+                            }
+                            outcome.await
+                        }
+                    }
                 }
-                return Ok(Some(Acquired {
-                    token,
-                    fence,
-                    deadline: valid_until,
-                }));
-            }
-            let Some(poll_at) = plan.after_held(Instant::now()) else {
-                return Ok(None);
             };
-            let waiter =
-                waiter.get_or_insert_with(|| self.waiters().watch(&keys::released_channel(key)));
-            tokio::select! {
-                _ = self.closed.cancelled() => return Err(EngineError::closed()),
-                _ = cancel.cancelled() => return Err(EngineError::cancelled()),
-                _ = waiter.notify().notified() => {}
-                _ = tokio::time::sleep_until(poll_at) => {}
+            match outcome {
+                Outcome::Granted(grant) => Ok(Some(Acquired {
+                    token: grant.token,
+                    fence: grant.fence,
+                    deadline: grant.deadline,
+                })),
+                Outcome::Refused => Ok(None),
+                Outcome::Failed(err) => Err(err),
+                _ => Err(EngineError::new(
+                    ErrorKind::Redis,
+                    "a reply of the wrong kind",
+                )),
             }
         }
-    }
-
-    /// Stops auto-extending and watching the lease (`release` does this first too); call it
-    /// synchronously when a release starts so no loss is reported for a lease being released.
-    pub fn stop_tracking(&self, key: &str, token: &str) {
-        self.leases.forget(key, token);
     }
 
     /// Deletes the lock if `token` still owns it, and wakes its waiters; stops tracking first.
-    pub async fn release(&self, key: &str, token: &str) -> EngineResult<bool> {
-        self.leases.forget(key, token);
-        self.ensure_open()?;
-        let released = self.backend.release(key, token).await?;
-        if released {
-            self.note_released(key);
-        }
-        Ok(released)
-    }
-
-    /// Keeps the release channel of `key` subscribed while the returned guard lives, for a
-    /// waiter this engine does not run itself (`on_released` reports what is heard). Must run
-    /// inside the runtime.
-    pub fn watch_releases(&self, key: &str) -> ReleaseWatch {
-        ReleaseWatch {
-            _guard: self.waiters().watch(&keys::released_channel(key)),
-        }
-    }
-
-    /// A release of `key` succeeded (here or through a caller's own connection): waiters of
-    /// this Locker retry at once (other processes hear of it through Redis).
-    pub fn note_released(&self, key: &str) {
-        if let Some(waiters) = self.waiters.get() {
-            waiters.released_here(&keys::released_channel(key));
-        }
+    pub fn release(
+        &self,
+        key: &str,
+        token: &str,
+    ) -> impl Future<Output = EngineResult<bool>> + Send + 'static {
+        self.inner.leases.forget(key, token);
+        self.flag(Call::Release {
+            key: key.to_owned(),
+            token: token.to_owned(),
+        })
     }
 
     /// Sets the lock's TTL to `ttl` if `token` still owns it. Never re-creates an expired key.
-    pub async fn extend(&self, key: &str, token: &str, ttl: Duration) -> EngineResult<bool> {
-        self.ensure_open()?;
-        let sent_at = Instant::now();
-        let extended = self.backend.extend(key, token, ttl).await?;
-        if extended {
-            self.leases.extended(token, sent_at, ttl);
-        }
-        Ok(extended)
+    pub fn extend(
+        &self,
+        key: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = EngineResult<bool>> + Send + 'static {
+        self.flag(Call::Extend {
+            key: key.to_owned(),
+            token: token.to_owned(),
+            ttl,
+        })
     }
 
     /// Whether anybody holds the lock at `key`.
-    pub async fn is_locked(&self, key: &str) -> EngineResult<bool> {
-        self.ensure_open()?;
-        self.backend.exists(key).await
+    pub fn is_locked(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = EngineResult<bool>> + Send + 'static {
+        self.flag(Call::Exists {
+            key: key.to_owned(),
+        })
+    }
+
+    fn flag(&self, call: Call) -> impl Future<Output = EngineResult<bool>> + Send + 'static {
+        self.inner.watch_sentinel();
+        let outcome = self.inner.main.call(None, call);
+        async move {
+            match outcome.await {
+                Outcome::Flag(flag) => Ok(flag),
+                Outcome::Failed(err) => Err(err),
+                _ => Err(EngineError::new(
+                    ErrorKind::Redis,
+                    "a reply of the wrong kind",
+                )),
+            }
+        }
+    }
+
+    /// Stops auto-extending and watching the lease (`release` does this first too).
+    pub fn stop_tracking(&self, key: &str, token: &str) {
+        self.inner.leases.forget(key, token);
     }
 
     /// The tracked lease's current deadline (moves with each successful extend).
     pub fn deadline(&self, token: &str) -> Option<Instant> {
-        self.leases.deadline(token)
+        self.inner.leases.deadline(token)
     }
 
     /// How long from now the tracked lease is known to be held; `None` if not tracked.
@@ -358,35 +548,122 @@ impl Locker {
 
     /// How many leases are tracked, and how many of those are auto-extended.
     pub fn tracked(&self) -> (usize, usize) {
-        self.leases.counts()
+        self.inner.leases.counts()
     }
 
-    /// Stops auto-extension, tracking and waiting, and drops the connections. Locks still held
-    /// expire at their TTL. Idempotent.
+    /// What messages call the deployment (`host:port`, a socket path, a cluster, ...).
+    pub fn target(&self) -> &str {
+        &self.inner.target
+    }
+
+    pub fn fencing(&self) -> bool {
+        self.inner.fencing
+    }
+
+    pub fn is_redlock(&self) -> bool {
+        lock(&self.inner.main.core).is_redlock()
+    }
+
+    /// Stops auto-extension, tracking and waiting, and drops the connections; pending calls
+    /// fail with a closed error. Locks still held expire at their TTL. Idempotent.
     pub fn close(&self) {
-        self.closed.cancel();
-        self.backend.close();
+        self.inner.close();
     }
 
     pub fn is_closed(&self) -> bool {
-        self.closed.is_cancelled()
+        self.inner.closed.is_cancelled()
+    }
+}
+
+impl Inner {
+    fn apply(&self, events: Vec<Event>) -> Vec<(CallId, Outcome)> {
+        let mut done = Vec::new();
+        for event in events {
+            match event {
+                Event::Done(id, outcome) => {
+                    if let Outcome::Granted(grant) = &outcome
+                        && (grant.auto_extend || grant.watch)
+                        && !self.closed.is_cancelled()
+                    {
+                        self.leases.track(grant);
+                    }
+                    done.push((id, outcome));
+                }
+                Event::Extended {
+                    token,
+                    sent_at,
+                    ttl,
+                } => self.leases.extended(&token, sent_at, ttl),
+                Event::Watch(key) => self.subscriber.watch(&key),
+                Event::Unwatch(key) => self.subscriber.unwatch(&key),
+            }
+        }
+        match &self.transport {
+            Transport::RuntimeWithSink(sink) => {
+                route(&Arc::downgrade(&self.main.responders), done, Some(sink));
+                Vec::new()
+            }
+            _ => done,
+        }
     }
 
-    fn waiters(&self) -> &Waiters {
-        self.waiters.get_or_init(|| {
-            Waiters::new(
-                self.backend.clone(),
-                self.closed.clone(),
-                self.on_released.clone(),
-            )
-        })
+    /// Changes the core from the runtime side, then has its transport act on it.
+    fn touch(&self, change: impl FnOnce(&mut Core)) {
+        change(&mut lock(&self.main.core));
+        match &self.transport {
+            Transport::EventLoop(waker) => waker(),
+            _ => self.main.wake(),
+        }
     }
 
-    fn ensure_open(&self) -> EngineResult<()> {
+    /// Behind Sentinel: on the first call, start listening for `+switch-master`.
+    fn watch_sentinel(self: &Arc<Self>) {
+        let Some(sentinel) = &self.sentinel else {
+            return;
+        };
+        self.sentinel_watch.get_or_init(|| {
+            let weak = Arc::downgrade(self);
+            self.runtime.spawn(crate::sentinel::watch_switches(
+                sentinel.clone(),
+                move |switched| {
+                    let Some(inner) = weak.upgrade().filter(|i| !i.closed.is_cancelled()) else {
+                        return false;
+                    };
+                    if switched {
+                        let now = Instant::now();
+                        let why = "the sentinels announced a new master";
+                        inner.touch(|core| core.reconnect_all(why, now));
+                        let mut background = lock(&inner.background.core);
+                        background.reconnect_all(why, now);
+                        drop(background);
+                        inner.background.wake();
+                    }
+                    true
+                },
+            ));
+        });
+    }
+
+    fn close(&self) {
         if self.closed.is_cancelled() {
-            Err(EngineError::closed())
-        } else {
-            Ok(())
+            return;
+        }
+        self.closed.cancel();
+        self.background.close();
+        match &self.transport {
+            Transport::EventLoop(waker) => {
+                lock(&self.main.core).close(Instant::now());
+                waker();
+            }
+            _ => {
+                let events = {
+                    let mut core = lock(&self.main.core);
+                    core.close(Instant::now());
+                    core.take_events()
+                };
+                let done = self.apply(events);
+                route(&Arc::downgrade(&self.main.responders), done, None);
+            }
         }
     }
 }

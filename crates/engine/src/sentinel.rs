@@ -81,25 +81,6 @@ async fn ask_sentinel(
     Ok(reply)
 }
 
-/// Confirms that a freshly connected server is a master (a failover may be under way).
-pub(crate) async fn ensure_master(
-    conn: &mut redis::aio::MultiplexedConnection,
-    target: &str,
-    timeout: Duration,
-) -> EngineResult<()> {
-    let role: Vec<redis::Value> = redis::cmd("ROLE")
-        .query_async(conn)
-        .await
-        .map_err(|e| EngineError::from_redis(&e, target, timeout))?;
-    match role.first() {
-        Some(redis::Value::BulkString(bytes)) if bytes == b"master" => Ok(()),
-        _ => Err(EngineError::new(
-            ErrorKind::Connection,
-            format!("{target} is not a master (a failover may be in progress)"),
-        )),
-    }
-}
-
 /// Calls `on_switch(true)` whenever a sentinel announces a new master for this name, and after
 /// each re-subscription (an announcement may have been missed meanwhile); `on_switch(false)`
 /// only asks whether to go on. Runs until `on_switch` returns `false`. Rotates through the

@@ -1,0 +1,482 @@
+//! What the engine asks of Redis, how each request goes on the wire, and what each reply means.
+//! This is the one place where reply shapes are read; errors are classified in `error.rs`.
+
+use redis::Value;
+
+use crate::keys;
+use crate::proto::resp::encode;
+use crate::scripts::Script;
+
+/// One lease of a batch extend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ExtendItem {
+    pub key: String,
+    pub token: String,
+    pub ttl_ms: u64,
+}
+
+/// A command, before it is encoded (it is encoded when written, and again as EVAL if the
+/// server answers NOSCRIPT).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Request {
+    /// `SET key token PX ttl NX`, with the fencing counter when `fencing`.
+    Acquire {
+        key: String,
+        token: String,
+        ttl_ms: u64,
+        fencing: bool,
+    },
+    /// Compare-and-delete; `publish` tells waiters elsewhere (not when handing the lock to a
+    /// waiter whose attempt follows on the same connection).
+    Release {
+        key: String,
+        token: String,
+        publish: bool,
+    },
+    Extend {
+        key: String,
+        token: String,
+        ttl_ms: u64,
+    },
+    ExtendMany {
+        items: Vec<ExtendItem>,
+    },
+    Exists {
+        key: String,
+    },
+    /// `WAIT replicas timeout`.
+    Wait {
+        replicas: u32,
+        timeout_ms: u64,
+    },
+    Auth {
+        username: Option<String>,
+        password: String,
+    },
+    Select {
+        db: i64,
+    },
+    Role,
+    LoadScript(Script),
+    ClusterSlots,
+    Asking,
+}
+
+/// A reply, read for the request it answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Reply {
+    /// An acquire: `Some(fence)` if granted (`Some(None)` without fencing), `None` if held.
+    Acquired(Option<Option<i64>>),
+    /// A release: `Some(n)` if it deleted the key, `n` being how many subscribers were told
+    /// (the releasing process's own included); `None` if the token did not own it.
+    Released(Option<i64>),
+    Flag(bool),
+    Flags(Vec<bool>),
+    Count(i64),
+    /// ROLE: whether the server is a master.
+    Master(bool),
+    Slots(Vec<SlotRange>),
+    Done,
+}
+
+/// A range of cluster slots and the master that serves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SlotRange {
+    pub start: u16,
+    pub end: u16,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Request {
+    /// The script this request runs, if it is one.
+    pub(crate) fn script(&self) -> Option<Script> {
+        match self {
+            Request::Acquire { fencing: true, .. } => Some(Script::AcquireFenced),
+            Request::Release { .. } => Some(Script::Release),
+            Request::Extend { .. } => Some(Script::Extend),
+            Request::ExtendMany { .. } => Some(Script::ExtendMany),
+            _ => None,
+        }
+    }
+
+    /// The key a cluster routes this request by.
+    pub(crate) fn routing_key(&self) -> Option<&str> {
+        match self {
+            Request::Acquire { key, .. }
+            | Request::Release { key, .. }
+            | Request::Extend { key, .. }
+            | Request::Exists { key } => Some(key),
+            Request::ExtendMany { items } => items.first().map(|i| i.key.as_str()),
+            _ => None,
+        }
+    }
+
+    /// For an acquire: (key, token, ttl ms), what giving it back needs.
+    pub(crate) fn acquired_lock(&self) -> Option<(&str, &str, u64)> {
+        match self {
+            Request::Acquire {
+                key, token, ttl_ms, ..
+            } => Some((key, token, *ttl_ms)),
+            _ => None,
+        }
+    }
+
+    /// Appends the request to `out`: a script by its SHA (EVALSHA), or with its source (EVAL).
+    pub(crate) fn encode(&self, out: &mut Vec<u8>, with_source: bool) {
+        let mut numbers: Vec<String> = Vec::new();
+        let args: Vec<&[u8]> = match self {
+            Request::Acquire {
+                key,
+                token,
+                ttl_ms,
+                fencing: false,
+            } => {
+                numbers.push(ttl_ms.to_string());
+                vec![
+                    b"SET",
+                    key.as_bytes(),
+                    token.as_bytes(),
+                    b"PX",
+                    numbers[0].as_bytes(),
+                    b"NX",
+                ]
+            }
+            Request::Acquire {
+                key, token, ttl_ms, ..
+            } => {
+                let fence = keys::fence_key(key);
+                let ttl = ttl_ms.to_string();
+                return script_call(
+                    out,
+                    Script::AcquireFenced,
+                    with_source,
+                    &[key.as_bytes(), fence.as_bytes()],
+                    &[token.as_bytes(), ttl.as_bytes()],
+                );
+            }
+            Request::Release {
+                key,
+                token,
+                publish,
+            } => {
+                let channel = if *publish {
+                    keys::released_channel(key)
+                } else {
+                    String::new()
+                };
+                return script_call(
+                    out,
+                    Script::Release,
+                    with_source,
+                    &[key.as_bytes()],
+                    &[token.as_bytes(), channel.as_bytes()],
+                );
+            }
+            Request::Extend { key, token, ttl_ms } => {
+                let ttl = ttl_ms.to_string();
+                return script_call(
+                    out,
+                    Script::Extend,
+                    with_source,
+                    &[key.as_bytes()],
+                    &[token.as_bytes(), ttl.as_bytes()],
+                );
+            }
+            Request::ExtendMany { items } => {
+                let ttls: Vec<String> = items.iter().map(|i| i.ttl_ms.to_string()).collect();
+                let keys: Vec<&[u8]> = items.iter().map(|i| i.key.as_bytes()).collect();
+                let args: Vec<&[u8]> = items
+                    .iter()
+                    .zip(&ttls)
+                    .flat_map(|(i, ttl)| [i.token.as_bytes(), ttl.as_bytes()])
+                    .collect();
+                return script_call(out, Script::ExtendMany, with_source, &keys, &args);
+            }
+            Request::Exists { key } => vec![b"EXISTS", key.as_bytes()],
+            Request::Wait {
+                replicas,
+                timeout_ms,
+            } => {
+                numbers.push(replicas.to_string());
+                numbers.push(timeout_ms.to_string());
+                vec![b"WAIT", numbers[0].as_bytes(), numbers[1].as_bytes()]
+            }
+            Request::Auth {
+                username: Some(user),
+                password,
+            } => vec![b"AUTH", user.as_bytes(), password.as_bytes()],
+            Request::Auth {
+                username: None,
+                password,
+            } => vec![b"AUTH", password.as_bytes()],
+            Request::Select { db } => {
+                numbers.push(db.to_string());
+                vec![b"SELECT", numbers[0].as_bytes()]
+            }
+            Request::Role => vec![b"ROLE"],
+            Request::LoadScript(script) => vec![b"SCRIPT", b"LOAD", script.source().as_bytes()],
+            Request::ClusterSlots => vec![b"CLUSTER", b"SLOTS"],
+            Request::Asking => vec![b"ASKING"],
+        };
+        encode(out, &args);
+    }
+
+    /// What a (non-error) reply to this request means; `Err` says what was wrong with its shape.
+    pub(crate) fn interpret(&self, value: Value) -> Result<Reply, String> {
+        let unexpected = |value: &Value| Err(format!("unexpected reply {}", brief(value)));
+        match self {
+            Request::Acquire { fencing: true, .. } => match value {
+                Value::Int(0) => Ok(Reply::Acquired(None)),
+                Value::Int(fence) if fence > 0 => Ok(Reply::Acquired(Some(Some(fence)))),
+                other => unexpected(&other),
+            },
+            Request::Acquire { .. } => match value {
+                Value::Okay => Ok(Reply::Acquired(Some(None))),
+                Value::Nil => Ok(Reply::Acquired(None)),
+                other => unexpected(&other),
+            },
+            Request::Release { .. } => match value {
+                Value::Int(0) => Ok(Reply::Released(None)),
+                Value::Int(n) if n >= 1 => Ok(Reply::Released(Some(n - 1))),
+                other => unexpected(&other),
+            },
+            Request::Extend { .. } | Request::Exists { .. } => match value {
+                Value::Int(n @ (0 | 1)) => Ok(Reply::Flag(n == 1)),
+                other => unexpected(&other),
+            },
+            Request::ExtendMany { items } => match value {
+                Value::Array(values) if values.len() == items.len() => values
+                    .iter()
+                    .map(|v| match v {
+                        Value::Int(n @ (0 | 1)) => Ok(*n == 1),
+                        other => Err(format!("unexpected reply {}", brief(other))),
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(Reply::Flags),
+                other => unexpected(&other),
+            },
+            Request::Wait { .. } => match value {
+                Value::Int(n) if n >= 0 => Ok(Reply::Count(n)),
+                other => unexpected(&other),
+            },
+            Request::Auth { .. } | Request::Select { .. } | Request::Asking => match value {
+                Value::Okay => Ok(Reply::Done),
+                other => unexpected(&other),
+            },
+            Request::Role => match &value {
+                Value::Array(items) => match items.first() {
+                    Some(Value::BulkString(role)) => Ok(Reply::Master(role == b"master")),
+                    Some(Value::SimpleString(role)) => Ok(Reply::Master(role == "master")),
+                    _ => unexpected(&value),
+                },
+                _ => unexpected(&value),
+            },
+            Request::LoadScript(_) => Ok(Reply::Done),
+            Request::ClusterSlots => slot_ranges(&value).map(Reply::Slots),
+        }
+    }
+}
+
+/// `EVALSHA sha numkeys keys... args...`, or `EVAL source ...`.
+fn script_call(
+    out: &mut Vec<u8>,
+    script: Script,
+    with_source: bool,
+    keys: &[&[u8]],
+    args: &[&[u8]],
+) {
+    let numkeys = keys.len().to_string();
+    let mut all: Vec<&[u8]> = Vec::with_capacity(3 + keys.len() + args.len());
+    if with_source {
+        all.extend([&b"EVAL"[..], script.source().as_bytes()]);
+    } else {
+        all.extend([&b"EVALSHA"[..], script.sha().as_bytes()]);
+    }
+    all.push(numkeys.as_bytes());
+    all.extend_from_slice(keys);
+    all.extend_from_slice(args);
+    encode(out, &all);
+}
+
+/// CLUSTER SLOTS: `[[start, end, [host, port, id...], replicas...], ...]`.
+fn slot_ranges(value: &Value) -> Result<Vec<SlotRange>, String> {
+    let bad = || format!("unexpected CLUSTER SLOTS reply {}", brief(value));
+    let Value::Array(ranges) = value else {
+        return Err(bad());
+    };
+    ranges
+        .iter()
+        .map(|range| {
+            let Value::Array(parts) = range else {
+                return Err(bad());
+            };
+            let int = |v: Option<&Value>| match v {
+                Some(Value::Int(n)) => u16::try_from(*n).ok(),
+                _ => None,
+            };
+            let (Some(start), Some(end)) = (int(parts.first()), int(parts.get(1))) else {
+                return Err(bad());
+            };
+            let Some(Value::Array(master)) = parts.get(2) else {
+                return Err(bad());
+            };
+            let host = match master.first() {
+                Some(Value::BulkString(host)) => String::from_utf8_lossy(host).into_owned(),
+                Some(Value::SimpleString(host)) => host.clone(),
+                _ => return Err(bad()),
+            };
+            let port = int(master.get(1)).ok_or_else(bad)?;
+            if start > end || end >= 16384 {
+                return Err(bad());
+            }
+            Ok(SlotRange {
+                start,
+                end,
+                host,
+                port,
+            })
+        })
+        .collect()
+}
+
+/// A reply, shortened for a message (never the whole of a large one).
+pub(crate) fn brief(value: &Value) -> String {
+    let text = format!("{value:?}");
+    if text.chars().count() > 80 {
+        let mut short: String = text.chars().take(80).collect();
+        short.push('…');
+        short
+    } else {
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(request: &Request, with_source: bool) -> String {
+        let mut out = Vec::new();
+        request.encode(&mut out, with_source);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_release_goes_by_sha_or_with_its_source_and_names_its_channel() {
+        let release = Request::Release {
+            key: "lock:a".into(),
+            token: "tok".into(),
+            publish: true,
+        };
+        let by_sha = wire(&release, false);
+        assert!(
+            by_sha.starts_with("*6\r\n$7\r\nEVALSHA\r\n$40\r\n"),
+            "{by_sha}"
+        );
+        let eval = wire(&release, true);
+        assert!(eval.starts_with("*6\r\n$4\r\nEVAL\r\n"), "{eval}");
+        assert!(
+            eval.ends_with(
+                "$1\r\n1\r\n$6\r\nlock:a\r\n$3\r\ntok\r\n$19\r\nsdl:released:lock:a\r\n"
+            ),
+            "{eval}"
+        );
+        let quiet = Request::Release {
+            key: "lock:a".into(),
+            token: "tok".into(),
+            publish: false,
+        };
+        assert!(wire(&quiet, false).ends_with("$3\r\ntok\r\n$0\r\n\r\n"));
+    }
+
+    #[test]
+    fn an_unfenced_acquire_is_v1s_set_nx_px() {
+        let acquire = Request::Acquire {
+            key: "lock:a".into(),
+            token: "t".into(),
+            ttl_ms: 5000,
+            fencing: false,
+        };
+        assert_eq!(acquire.script(), None);
+        assert_eq!(
+            wire(&acquire, true),
+            "*6\r\n$3\r\nSET\r\n$6\r\nlock:a\r\n$1\r\nt\r\n$2\r\nPX\r\n$4\r\n5000\r\n$2\r\nNX\r\n"
+        );
+        assert_eq!(
+            acquire.interpret(Value::Okay),
+            Ok(Reply::Acquired(Some(None)))
+        );
+        assert_eq!(acquire.interpret(Value::Nil), Ok(Reply::Acquired(None)));
+        assert!(acquire.interpret(Value::Int(1)).is_err());
+    }
+
+    #[test]
+    fn replies_mean_what_the_scripts_return() {
+        let fenced = Request::Acquire {
+            key: "k".into(),
+            token: "t".into(),
+            ttl_ms: 1,
+            fencing: true,
+        };
+        assert_eq!(
+            fenced.interpret(Value::Int(7)),
+            Ok(Reply::Acquired(Some(Some(7))))
+        );
+        assert_eq!(fenced.interpret(Value::Int(0)), Ok(Reply::Acquired(None)));
+        assert!(fenced.interpret(Value::Int(-1)).is_err());
+        let release = Request::Release {
+            key: "k".into(),
+            token: "t".into(),
+            publish: true,
+        };
+        assert_eq!(
+            release.interpret(Value::Int(3)),
+            Ok(Reply::Released(Some(2)))
+        );
+        assert_eq!(release.interpret(Value::Int(0)), Ok(Reply::Released(None)));
+        let many = Request::ExtendMany {
+            items: vec![
+                ExtendItem {
+                    key: "a".into(),
+                    token: "1".into(),
+                    ttl_ms: 10,
+                };
+                2
+            ],
+        };
+        assert_eq!(
+            many.interpret(Value::Array(vec![Value::Int(1), Value::Int(0)])),
+            Ok(Reply::Flags(vec![true, false]))
+        );
+        assert!(many.interpret(Value::Array(vec![Value::Int(1)])).is_err());
+        let huge = Value::Array(vec![Value::Int(1); 10_000]);
+        let err = Request::Exists { key: "k".into() }
+            .interpret(huge)
+            .unwrap_err();
+        assert!(err.len() < 120, "{err}");
+    }
+
+    #[test]
+    fn cluster_slots_are_read_into_ranges() {
+        let reply = Value::Array(vec![Value::Array(vec![
+            Value::Int(0),
+            Value::Int(5460),
+            Value::Array(vec![
+                Value::BulkString(b"127.0.0.1".to_vec()),
+                Value::Int(7000),
+                Value::BulkString(b"id".to_vec()),
+            ]),
+        ])]);
+        assert_eq!(
+            Request::ClusterSlots.interpret(reply),
+            Ok(Reply::Slots(vec![SlotRange {
+                start: 0,
+                end: 5460,
+                host: "127.0.0.1".into(),
+                port: 7000
+            }]))
+        );
+        assert!(Request::ClusterSlots.interpret(Value::Int(1)).is_err());
+    }
+}

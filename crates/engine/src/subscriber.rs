@@ -1,0 +1,233 @@
+//! Hearing releases: one subscriber connection per `Locker`, on the runtime, opened only while
+//! some waiter watches a key.
+//!
+//! A v2 release publishes on the lock's channel (see `keys::released_channel`); what is heard
+//! goes to the core, whose first waiter for the key then tries at once instead of sleeping out
+//! its `retryDelay`. Waiting still polls every `retryDelay`, so locks released by v1 processes,
+//! or expiring, or released while this subscriber was reconnecting, are still picked up. After
+//! each (re)subscription every waiter tries once, since a release may have gone unheard.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::core::Endpoint;
+use crate::error::{EngineError, EngineResult};
+use crate::keys;
+
+/// What the subscriber tells its owner.
+pub(crate) enum Heard<'a> {
+    /// A release of this lock key.
+    Released(&'a str),
+    /// (Re)subscribed: releases may have been missed meanwhile.
+    Subscribed,
+}
+
+pub(crate) type Listener = Box<dyn Fn(Heard<'_>) + Send + Sync>;
+
+enum Command {
+    Subscribe(String),
+    Unsubscribe(String),
+}
+
+struct Inner {
+    sources: Vec<Endpoint>,
+    listener: Listener,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+    /// Channel -> how many waiters watch it.
+    channels: Mutex<HashMap<String, usize>>,
+    commands: Mutex<Option<mpsc::UnboundedSender<Command>>>,
+    runtime: Handle,
+    cancel: CancellationToken,
+}
+
+pub(crate) struct Subscriber {
+    inner: Arc<Inner>,
+}
+
+impl Subscriber {
+    /// `sources`: the servers to subscribe on, tried in turn (cluster PUBLISH reaches every
+    /// node; a Redlock release publishes on every master).
+    pub(crate) fn new(
+        sources: Vec<Endpoint>,
+        runtime: Handle,
+        cancel: CancellationToken,
+        listener: Listener,
+        timeouts: (Duration, Duration),
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                sources,
+                listener,
+                connect_timeout: timeouts.0,
+                command_timeout: timeouts.1,
+                channels: Mutex::new(HashMap::new()),
+                commands: Mutex::new(None),
+                runtime,
+                cancel,
+            }),
+        }
+    }
+
+    /// One more waiter watches `key`.
+    pub(crate) fn watch(&self, key: &str) {
+        let channel = keys::released_channel(key);
+        let first = {
+            let mut channels = self.inner.lock_channels();
+            let count = channels.entry(channel.clone()).or_default();
+            *count += 1;
+            *count == 1
+        };
+        if first {
+            self.inner.send(Command::Subscribe(channel));
+        }
+    }
+
+    /// One waiter of `key` stopped watching.
+    pub(crate) fn unwatch(&self, key: &str) {
+        let channel = keys::released_channel(key);
+        let last = {
+            let mut channels = self.inner.lock_channels();
+            match channels.get_mut(&channel) {
+                Some(count) if *count > 1 => {
+                    *count -= 1;
+                    false
+                }
+                Some(_) => {
+                    channels.remove(&channel);
+                    true
+                }
+                None => false,
+            }
+        };
+        if last {
+            self.inner.send(Command::Unsubscribe(channel));
+        }
+    }
+}
+
+impl Inner {
+    fn lock_channels(&self) -> MutexGuard<'_, HashMap<String, usize>> {
+        self.channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn send(self: &Arc<Self>, command: Command) {
+        let mut commands = self
+            .commands
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let sender = commands.get_or_insert_with(|| {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            self.runtime.spawn(run(self.clone(), receiver));
+            sender
+        });
+        // The task only stops when the Locker closes; then nobody needs the command.
+        let _ = sender.send(command);
+    }
+
+    fn watched(&self, channel: &str) -> bool {
+        self.lock_channels().contains_key(channel)
+    }
+}
+
+/// Owns the subscriber connection: (re)connects while anybody watches, follows subscriptions,
+/// and reports what it hears.
+async fn run(inner: Arc<Inner>, mut commands: mpsc::UnboundedReceiver<Command>) {
+    let mut backoff = Duration::from_millis(100);
+    let mut attempt = 0;
+    loop {
+        // Nobody watches: no connection needed until somebody does.
+        while inner.lock_channels().is_empty() {
+            tokio::select! {
+                _ = inner.cancel.cancelled() => return,
+                command = commands.recv() => if command.is_none() { return },
+            }
+        }
+        let connected = tokio::select! {
+            _ = inner.cancel.cancelled() => return,
+            result = tokio::time::timeout(inner.connect_timeout * 2, subscriber(&inner, attempt)) => result,
+        };
+        attempt += 1;
+        let Ok(Ok(pubsub)) = connected else {
+            // Waiters keep polling meanwhile; try again later.
+            tokio::select! {
+                _ = inner.cancel.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+            continue;
+        };
+        backoff = Duration::from_millis(100);
+        let (mut sink, mut stream) = pubsub.split();
+        let current: Vec<String> = inner.lock_channels().keys().cloned().collect();
+        let mut subscribed: HashSet<String> = current.iter().cloned().collect();
+        if !current.is_empty()
+            && !matches!(
+                tokio::time::timeout(inner.command_timeout, sink.subscribe(&current)).await,
+                Ok(Ok(()))
+            )
+        {
+            continue;
+        }
+        (inner.listener)(Heard::Subscribed);
+        loop {
+            tokio::select! {
+                _ = inner.cancel.cancelled() => return,
+                command = commands.recv() => {
+                    let outcome = match command {
+                        None => return,
+                        Some(Command::Subscribe(channel))
+                            if inner.watched(&channel) && !subscribed.contains(&channel) =>
+                        {
+                            let outcome =
+                                tokio::time::timeout(inner.command_timeout, sink.subscribe(&channel)).await;
+                            subscribed.insert(channel);
+                            outcome
+                        }
+                        Some(Command::Unsubscribe(channel))
+                            if !inner.watched(&channel) && subscribed.contains(&channel) =>
+                        {
+                            subscribed.remove(&channel);
+                            tokio::time::timeout(inner.command_timeout, sink.unsubscribe(channel)).await
+                        }
+                        Some(_) => Ok(Ok(())), // superseded by a later change of the same channel
+                    };
+                    if !matches!(outcome, Ok(Ok(()))) {
+                        break; // reconnect and resubscribe from the current state
+                    }
+                }
+                message = stream.next() => match message {
+                    None => break, // connection lost
+                    Some(message) => {
+                        if let Some(key) = keys::key_of_released_channel(message.get_channel_name()) {
+                            (inner.listener)(Heard::Released(key));
+                        }
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// A pub/sub connection to one of the sources, in turn.
+async fn subscriber(inner: &Inner, attempt: usize) -> EngineResult<redis::aio::PubSub> {
+    let source = &inner.sources[attempt % inner.sources.len()];
+    let config = match source {
+        Endpoint::Server(config) => config.clone(),
+        Endpoint::Sentinel(sentinel) => sentinel.locate_master().await?,
+    };
+    let target = config.target();
+    config
+        .client()?
+        .get_async_pubsub()
+        .await
+        .map_err(|e| EngineError::from_redis(&e, &target, inner.connect_timeout))
+}
