@@ -1,17 +1,12 @@
-//! Engine errors to JS errors: the message carries the stable code in front
-//! (`ERR_LOCK_CONNECTION: cannot connect ...`); the facade turns it into a `LockError` subclass.
+//! Engine errors to JS errors: a stable code, which the facade maps to its error class, and the
+//! engine's message with its first letter capitalized.
 
 use napi::{Error, Status};
 use sdl_engine::EngineError;
 
-use crate::completions::Outcome;
-
-/// An engine error as the outcome of a call: the facade's class for its code settles it.
-pub(crate) fn failed(err: EngineError) -> Outcome {
-    Outcome::Failed {
-        code: err.code(),
-        message: capitalized(err.message()),
-    }
+/// The code and the message an engine error settles a promise with.
+pub(crate) fn code_and_message(err: &EngineError) -> (&'static str, String) {
+    (err.code(), capitalized(err.message()))
 }
 
 fn capitalized(text: &str) -> String {
@@ -22,6 +17,7 @@ fn capitalized(text: &str) -> String {
     }
 }
 
+/// For sync exports: the facade reads the code in front (`ERR_LOCK_CONFIG: ...`).
 pub(crate) fn to_js_error(err: EngineError) -> Error {
     Error::new(
         Status::GenericFailure,

@@ -1,50 +1,54 @@
-//! Node.js binding of the lock engine. Thin on purpose: it converts arguments, guards against
-//! values the facade should never send, wires `AbortSignal`s to cancellation, forwards lost
-//! leases to JS, and turns engine errors into JS errors whose message starts with a stable code
-//! (`ERR_LOCK_...: `) that the facade maps to an error class.
+//! Node.js binding of the lock engine: argument conversion, promises and their settlement, and
+//! the event-loop transport (`lane`). It holds no protocol and no policy: the engine's core
+//! does (see `crates/engine`).
 //!
-//! Every sync export is marked `catch_unwind`; async work rejects on panic (napi-rs contains
-//! panics in the futures it drives).
+//! Every sync export is marked `catch_unwind`; every callback from C (libuv, the completion
+//! channel, Node's cleanup hooks) catches panics itself, since one cannot unwind into C.
 
-mod completions;
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod errors;
+mod js;
 mod lane;
 mod settings;
+mod settle;
 
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 use sdl_engine::{
-    AcquireOptions, Acquired, CancellationToken, Locker, LockerOptions, LostLease, LostReason,
-    ReplicaAck, RetryPolicy, WaitPlan,
+    AcquireSpec, Call, CallId, Core, Locker, LockerOptions, LostLease, LostReason, ReplicaAck,
+    RetryPolicy, Transport,
 };
 
-use completions::{Completions, Event, Grant, Outcome};
-use errors::{failed, invalid_arg, to_js_error};
-use lane::{Lane, LaneCall, WaitRequest};
+use errors::{invalid_arg, to_js_error};
+use js::JsEnv;
+use lane::Lane;
 pub use settings::{
     ConnectionSettings, LockerSettings, TlsSettings, TopologySettings, WaitSettings,
 };
+use settle::{Expect, LaneEvent, Settler};
 
 /// (key, token, reason code, message, auto-extended) of a lost lease, for the facade.
 type LostArgs = (String, String, String, String, bool);
 /// Weak: a pending notification never keeps the process alive.
 type LostNotifier = ThreadsafeFunction<LostArgs, (), LostArgs, Status, false, true>;
 
-/// The engine's lock operations on one Redis server. The JS `Lock` class wraps this.
+/// The lock operations of one Lock. The JS `Lock` class wraps this.
 #[napi]
 pub struct NativeLocker {
-    inner: Arc<Locker>,
-    /// Waiting acquires the facade may cancel, by the id it chose.
-    cancels: Arc<Mutex<HashMap<u32, CancellationToken>>>,
-    /// The hot calls on one plain server, done on the JS thread (see `lane`). Declared before
-    /// `completions`, whose error classes it uses, so it is dropped first.
-    lane: Lane,
-    completions: Completions,
+    locker: Arc<Locker>,
+    settler: Rc<Settler>,
+    /// The event-loop transport, when the deployment can use it (see `lane::usable`).
+    lane: Option<Rc<Lane>>,
+    /// Waiting acquires the facade may cancel: its id -> the call's.
+    cancels: RefCell<HashMap<u32, CallId>>,
 }
 
 #[napi]
@@ -63,8 +67,9 @@ impl NativeLocker {
         error_classes: Object,
         on_lost: Function<'_, LostArgs, ()>,
     ) -> Result<Self> {
-        let classes = error_classes.raw();
-        let completions = Completions::new(env, error_classes)?;
+        // SAFETY: a constructor call from JS: the env is live and this is its JS thread.
+        let js = unsafe { JsEnv::new(env.raw()) };
+        let settler = Settler::new(js, error_classes.raw())?;
         let topology = topology.into_topology()?;
         let drift_factor = options.drift_factor()?;
         let notifier: LostNotifier = on_lost
@@ -76,29 +81,44 @@ impl NativeLocker {
             // Fails only while Node shuts down, when nobody is left to tell.
             let _ = notifier.call(lost_args(lease), ThreadsafeFunctionCallMode::NonBlocking);
         });
-        let poster = completions.poster();
-        let on_released = Arc::new(move |key: &str| poster.post(Event::Released(key.to_owned())));
+        let on_lane = lane::usable(&topology);
+        let poster = settler.poster();
+        let transport = if on_lane {
+            Transport::EventLoop(Arc::new(move || poster.post_lane(LaneEvent::Wake)))
+        } else {
+            Transport::RuntimeWithSink(Arc::new(move |done| poster.post_done(done)))
+        };
+        let runtime =
+            napi::bindgen_prelude::within_runtime_if_available(tokio::runtime::Handle::current);
         let locker = Locker::new(
             topology,
             LockerOptions {
                 fencing: options.fencing.unwrap_or(true),
                 on_lost: Some(on_lost),
-                on_released: Some(on_released),
                 drift_factor,
+                runtime: Some(runtime),
+                transport,
             },
         )
         .map_err(to_js_error)?;
-        let inner = Arc::new(locker);
-        let lane = Lane::new(env, inner.clone(), classes);
-        let heard = lane.release_listener();
-        completions.on_event(Box::new(move |event| match event {
-            Event::Released(key) => heard(&key),
-        }));
+        let locker = Arc::new(locker);
+        let lane = if on_lane {
+            let lane = Lane::new(js, locker.clone(), settler.clone())?;
+            let weak = Rc::downgrade(&lane);
+            settler.on_lane_event(Box::new(move |event| {
+                if let Some(lane) = weak.upgrade() {
+                    lane.on_event(event);
+                }
+            }));
+            Some(lane)
+        } else {
+            None
+        };
         Ok(Self {
+            locker,
+            settler,
             lane,
-            inner,
-            cancels: Arc::default(),
-            completions,
+            cancels: RefCell::default(),
         })
     }
 
@@ -114,7 +134,15 @@ impl NativeLocker {
         wait: Option<WaitSettings>,
         cancel_id: u32,
     ) -> Result<PromiseRaw<'env, Option<String>>> {
-        self.take(env, key, ttl_ms, auto_extend, wait, cancel_id, false)
+        self.take(
+            env,
+            key,
+            ttl_ms,
+            auto_extend,
+            wait,
+            cancel_id,
+            Expect::Token,
+        )
     }
 
     /// Like `acquire`, and watches the lease so its loss is reported; resolves to a grant.
@@ -131,17 +159,24 @@ impl NativeLocker {
         wait: Option<WaitSettings>,
         cancel_id: u32,
     ) -> Result<PromiseRaw<'env, Option<String>>> {
-        self.take(env, key, ttl_ms, auto_extend, wait, cancel_id, true)
+        self.take(
+            env,
+            key,
+            ttl_ms,
+            auto_extend,
+            wait,
+            cancel_id,
+            Expect::Grant,
+        )
     }
 
     /// Stops the waiting acquire registered under `cancelId`, if it still waits.
     #[napi(catch_unwind)]
     pub fn cancel(&self, cancel_id: u32) {
-        if self.lane.cancel(cancel_id) {
-            return;
-        }
-        if let Some(token) = lock(&self.cancels).get(&cancel_id) {
-            token.cancel();
+        let id = self.cancels.borrow_mut().remove(&cancel_id);
+        if let Some(id) = id {
+            self.locker.cancel(id);
+            self.pump();
         }
     }
 
@@ -154,18 +189,7 @@ impl NativeLocker {
         key: String,
         token: String,
     ) -> Result<PromiseRaw<'env, bool>> {
-        self.inner.stop_tracking(&key, &token);
-        if let Some(raw) = self.lane.call(
-            env,
-            LaneCall::Release {
-                key: &key,
-                token: &token,
-            },
-        ) {
-            return raw_promise(env, raw);
-        }
-        let inner = self.inner.clone();
-        self.promise(env, async move { flag(inner.release(&key, &token).await) })
+        self.call(env, Call::Release { key, token }, Expect::Flag)
     }
 
     /// Sets the lock's TTL if `token` owns it. Resolves to whether it did.
@@ -178,35 +202,19 @@ impl NativeLocker {
         ttl_ms: u32,
     ) -> Result<PromiseRaw<'env, bool>> {
         let ttl = ttl(ttl_ms)?;
-        let call = LaneCall::Extend {
-            key: &key,
-            token: &token,
-            ttl,
-        };
-        if let Some(raw) = self.lane.call(env, call) {
-            return raw_promise(env, raw);
-        }
-        let inner = self.inner.clone();
-        self.promise(
-            env,
-            async move { flag(inner.extend(&key, &token, ttl).await) },
-        )
+        self.call(env, Call::Extend { key, token, ttl }, Expect::Flag)
     }
 
     /// Whether anybody holds the lock at `key`.
     #[napi(catch_unwind, ts_return_type = "Promise<boolean>")]
     pub fn is_locked<'env>(&self, env: &'env Env, key: String) -> Result<PromiseRaw<'env, bool>> {
-        if let Some(raw) = self.lane.call(env, LaneCall::Exists { key: &key }) {
-            return raw_promise(env, raw);
-        }
-        let inner = self.inner.clone();
-        self.promise(env, async move { flag(inner.is_locked(&key).await) })
+        self.call(env, Call::Exists { key }, Expect::Flag)
     }
 
     /// Ms until the tracked lease's deadline (0 once passed); `null` if it is not tracked.
     #[napi(catch_unwind)]
     pub fn time_left_ms(&self, token: String) -> Option<f64> {
-        self.inner
+        self.locker
             .time_left(&token)
             .map(|left| left.as_secs_f64() * 1000.0)
     }
@@ -214,7 +222,7 @@ impl NativeLocker {
     /// `[tracked leases, of which auto-extended]`.
     #[napi(getter, catch_unwind)]
     pub fn tracked(&self) -> Vec<u32> {
-        let (tracked, extended) = self.inner.tracked();
+        let (tracked, extended) = self.locker.tracked();
         [tracked, extended]
             .into_iter()
             .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
@@ -224,19 +232,20 @@ impl NativeLocker {
     /// `host:port` or socket path of the server (no credentials).
     #[napi(getter, catch_unwind)]
     pub fn target(&self) -> String {
-        self.inner.target().to_owned()
+        self.locker.target().to_owned()
     }
 
-    /// Stops auto-extension, tracking and pending waits, and drops the connections. Idempotent.
+    /// Stops auto-extension, tracking and pending waits, and drops the connections; pending
+    /// calls reject with a closed error. Idempotent.
     #[napi(catch_unwind)]
-    pub fn close(&self, env: &Env) {
-        self.lane.close(env);
-        self.inner.close();
+    pub fn close(&self) {
+        self.locker.close();
+        self.pump();
     }
 }
 
 impl NativeLocker {
-    /// `acquire` and `acquireLease`: on the lane when it can take the call, else on the runtime.
+    /// `acquire` and `acquireLease`.
     #[allow(clippy::too_many_arguments)]
     fn take<'env, T>(
         &self,
@@ -246,130 +255,86 @@ impl NativeLocker {
         auto_extend: bool,
         wait: Option<WaitSettings>,
         cancel_id: u32,
-        lease: bool,
+        expect: Expect,
     ) -> Result<PromiseRaw<'env, T>> {
-        if wait.is_none()
-            && cancel_id == 0
-            && let Some(promise) = self.acquire_on_lane(env, &key, ttl_ms, auto_extend, lease)
-        {
-            return promise;
-        }
-        let options = acquire_options(ttl_ms, auto_extend, lease, wait)?;
-        if let Some(promise) = self.wait_on_lane(env, &key, &options, cancel_id) {
-            return promise;
-        }
-        let acquiring = self.acquiring(key, options, cancel_id);
-        self.promise(env, async move {
-            match acquiring.await {
-                Ok(acquired) => Outcome::acquired(
-                    lease,
-                    acquired.map(|acquired| Grant {
-                        valid_for_ms: acquired.time_left().as_secs_f64() * 1000.0,
-                        token: acquired.token,
-                        fence: acquired.fence,
-                    }),
-                ),
-                Err(err) => failed(err),
-            }
-        })
-    }
-
-    /// A single acquire attempt through the lane, if it is open.
-    fn acquire_on_lane<'env, T>(
-        &self,
-        env: &'env Env,
-        key: &str,
-        ttl_ms: u32,
-        auto_extend: bool,
-        lease: bool,
-    ) -> Option<Result<PromiseRaw<'env, T>>> {
-        let ttl = match ttl(ttl_ms) {
-            Ok(ttl) => ttl,
-            Err(err) => return Some(Err(err)),
+        let (retry, replicas) = match wait {
+            None => (None, None),
+            Some(wait) => wait_policy(wait)?,
         };
-        let call = LaneCall::Acquire {
+        let spec = AcquireSpec {
             key,
-            ttl,
+            ttl: ttl(ttl_ms)?,
             auto_extend,
-            lease,
+            watch: expect == Expect::Grant,
+            replicas,
         };
-        self.lane.call(env, call).map(|raw| raw_promise(env, raw))
-    }
-
-    /// A waiting acquire on the lane, if it can take it (no replica acknowledgement).
-    fn wait_on_lane<'env, T>(
-        &self,
-        env: &'env Env,
-        key: &str,
-        options: &AcquireOptions,
-        cancel_id: u32,
-    ) -> Option<Result<PromiseRaw<'env, T>>> {
-        if options.replicas.is_some() {
-            return None;
-        }
-        let request = WaitRequest {
-            key: key.to_owned(),
-            ttl: options.ttl,
-            auto_extend: options.auto_extend,
-            lease: options.watch,
-            plan: WaitPlan::new(options.retry, tokio::time::Instant::now()),
-            cancel_id,
-        };
-        self.lane
-            .wait(env, request)
-            .map(|raw| raw_promise(env, raw))
-    }
-
-    /// Runs `work` on the runtime; its outcome settles the returned promise.
-    fn promise<'env, T>(
-        &self,
-        env: &'env Env,
-        work: impl std::future::Future<Output = Outcome> + Send + 'static,
-    ) -> Result<PromiseRaw<'env, T>> {
-        raw_promise(env, self.completions.run(env, work))
-    }
-
-    /// The acquire future, with its cancellation registered now (before JS can ask for it).
-    fn acquiring(
-        &self,
-        key: String,
-        options: AcquireOptions,
-        cancel_id: u32,
-    ) -> impl std::future::Future<Output = sdl_engine::EngineResult<Option<Acquired>>> + Send + 'static
-    {
-        let inner = self.inner.clone();
-        let registration = (cancel_id != 0).then(|| {
-            let token = CancellationToken::new();
-            lock(&self.cancels).insert(cancel_id, token.clone());
-            (self.cancels.clone(), token)
-        });
-        async move {
-            let result = inner
-                .acquire(&key, options, registration.as_ref().map(|(_, token)| token))
-                .await;
-            if let Some((cancels, _)) = registration {
-                lock(&cancels).remove(&cancel_id);
+        let id = self.locker.next_call_id();
+        if cancel_id != 0 {
+            let mut cancels = self.cancels.borrow_mut();
+            if cancels.len() >= 64 {
+                // Entries of calls that ended without being cancelled.
+                cancels.retain(|_, call| self.settler.is_pending_call(*call));
             }
-            result
+            cancels.insert(cancel_id, id);
+        }
+        self.start(env, id, Call::Acquire { spec, retry }, expect)
+    }
+
+    fn call<'env, T>(
+        &self,
+        env: &'env Env,
+        call: Call,
+        expect: Expect,
+    ) -> Result<PromiseRaw<'env, T>> {
+        let id = self.locker.next_call_id();
+        self.start(env, id, call, expect)
+    }
+
+    /// Makes the call; its outcome settles the returned promise.
+    fn start<'env, T>(
+        &self,
+        env: &'env Env,
+        id: CallId,
+        call: Call,
+        expect: Expect,
+    ) -> Result<PromiseRaw<'env, T>> {
+        let promise = self.settler.add(id, expect)?;
+        self.locker.submit(id, call);
+        self.pump();
+        // SAFETY: `promise` is a live promise value made in this call's env and scope.
+        unsafe { PromiseRaw::from_napi_value(env.raw(), promise) }
+    }
+
+    /// On the lane: act on what the call changed (within a napi call, so no callback scope).
+    fn pump(&self) {
+        if let Some(lane) = &self.lane {
+            lane.pump(lane::From::Call);
         }
     }
 }
 
-fn raw_promise<'env, T>(
-    env: &'env Env,
-    raw: Result<napi::sys::napi_value>,
-) -> Result<PromiseRaw<'env, T>> {
-    unsafe { PromiseRaw::from_napi_value(env.raw(), raw?) }
-}
-
-fn flag(result: sdl_engine::EngineResult<bool>) -> Outcome {
-    match result {
-        Ok(value) => Outcome::Flag(value),
-        Err(err) => failed(err),
+impl Drop for NativeLocker {
+    /// The Lock was collected (napi-rs finalizes on the JS thread): its engine stays until its
+    /// pending calls have settled, then closes.
+    fn drop(&mut self) {
+        let locker = self.locker.clone();
+        let lane = self.lane.take();
+        self.settler.abandon(Box::new(move || {
+            match lane {
+                Some(lane) => lane.shutdown(),
+                None => locker.close(),
+            }
+            drop(locker);
+        }));
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// The core, locked (a panic while it was locked is a bug; its state is still the best there is).
+pub(crate) fn lock_core(locker: &Locker) -> MutexGuard<'_, Core> {
+    lock(locker.core())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -400,42 +365,26 @@ fn lost_args(lease: LostLease) -> LostArgs {
     )
 }
 
-fn acquire_options(
-    ttl_ms: u32,
-    auto_extend: bool,
-    watch: bool,
-    wait: Option<WaitSettings>,
-) -> Result<AcquireOptions> {
-    let (retry, replicas) = match wait {
-        None => (RetryPolicy::ONCE, None),
-        Some(wait) => (
-            RetryPolicy {
-                retry_count: retry_count_of(wait.retry_count)?,
-                retry_delay: ms_of("retryDelay", wait.retry_delay_ms)?,
-                retry_jitter: ms_of("retryJitter", wait.retry_jitter_ms)?,
-                wait_timeout: wait
-                    .wait_timeout_ms
-                    .map(|ms| ms_of("waitTimeout", ms))
-                    .transpose()?,
-            },
-            match wait.replicas {
-                None | Some(0) => None,
-                Some(count) => Some(ReplicaAck {
-                    count,
-                    timeout: Duration::from_millis(u64::from(
-                        wait.replicas_timeout_ms.unwrap_or(1000),
-                    )),
-                }),
-            },
-        ),
+fn wait_policy(wait: WaitSettings) -> Result<(Option<RetryPolicy>, Option<ReplicaAck>)> {
+    let retry = RetryPolicy {
+        retry_count: retry_count_of(wait.retry_count)?,
+        retry_delay: ms_of("retryDelay", wait.retry_delay_ms)?,
+        retry_jitter: ms_of("retryJitter", wait.retry_jitter_ms)?,
+        wait_timeout: wait
+            .wait_timeout_ms
+            .map(|ms| ms_of("waitTimeout", ms))
+            .transpose()?,
     };
-    Ok(AcquireOptions {
-        ttl: ttl(ttl_ms)?,
-        retry,
-        auto_extend,
-        watch,
-        replicas,
-    })
+    let replicas = match wait.replicas {
+        None | Some(0) => None,
+        Some(count) => Some(ReplicaAck {
+            count,
+            timeout: Duration::from_millis(u64::from(wait.replicas_timeout_ms.unwrap_or(1000))),
+        }),
+    };
+    // Replica acknowledgement alone is a single attempt.
+    let waits = retry != RetryPolicy::ONCE;
+    Ok((waits.then_some(retry), replicas))
 }
 
 fn ttl(ttl_ms: u32) -> Result<Duration> {

@@ -22,6 +22,8 @@ pub struct TlsSettings {
     pub key: Option<String>,
     /// `false` accepts any server certificate. Default `true`.
     pub reject_unauthorized: Option<bool>,
+    /// The name the certificate must carry (and SNI sends); the host by default.
+    pub servername: Option<String>,
 }
 
 /// Lock-wide engine settings.
@@ -145,6 +147,7 @@ impl ConnectionSettings {
                 cert: tls.cert.map(String::into_bytes),
                 key: tls.key.map(String::into_bytes),
                 reject_unauthorized: tls.reject_unauthorized.unwrap_or(true),
+                servername: tls.servername.filter(|s| !s.is_empty()),
             }),
             username: self.username.filter(|u| !u.is_empty()),
             password: self.password.filter(|p| !p.is_empty()),

@@ -1,523 +1,626 @@
-//! The event-loop lane: the hot lock calls done on the JS thread itself, for one plain Redis
-//! server or Redlock over plain masters.
+//! The event-loop transport: the engine's core driven from the JS thread, on sockets that Node's
+//! own event loop (libuv) watches, for every deployment whose servers are reached without TLS.
 //!
-//! Each call through the runtime crosses threads twice (JS → tokio → JS), which costs more than
-//! the round trip to Redis on a VM. The lane removes both crossings for the hot calls (a single
-//! acquire attempt, release, extend, isLocked, and on one server waiting and cancellable
-//! acquires, see `wait`): the call encodes its command into a buffer; the buffer is written to a
-//! socket watched by Node's own event loop (libuv), once per loop turn for everything queued
-//! (auto-pipelining); replies are parsed as they arrive and settle their promises in callback
-//! scopes (see `io::apply`). For Redlock the call goes to every master's socket in the same turn
-//! and is decided as the replies come (see `quorum`). What the lane cannot do (waiting on
-//! Redlock, TLS, Sentinel, cluster, replica acknowledgement) takes the runtime path, which also
-//! serves calls while the lane's sockets are being opened (by the runtime), or after one broke,
-//! or while a Redlock master is down.
+//! Each call through the runtime would cross threads twice (JS → tokio → JS), which costs more
+//! than a round trip to Redis on a VM. Here a call goes into the core on the JS thread; what the
+//! core has to write is written once per loop turn (a prepare and a check handle), for every
+//! call queued in that turn (auto-pipelining); replies are read when the socket is readable and
+//! fed to the core; outcomes settle their promises in slices, writing between slices what the
+//! continuations queued. Only opening a socket happens on the runtime (connect, and behind
+//! Sentinel, asking the sentinels); the socket is then handed to the loop.
 //!
-//! Everything here runs on the JS thread, except the sockets' opening.
+//! No protocol and no policy live here: bytes, timers and promises only. Everything runs on
+//! the JS thread, and every callback from libuv catches panics: a panic fails that socket's
+//! calls (the core drops the socket and opens another), never the process.
 
-mod env;
-mod io;
-mod quorum;
 mod uv;
-mod wait;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::ffi::{c_int, c_void};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::ptr;
 use std::rc::Rc;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
-use napi::bindgen_prelude::*;
 use napi::sys;
-use sdl_engine::wire::{self, RawStream};
-use sdl_engine::{EngineResult, Locker, ServerConfig};
+use sdl_engine::net::open::{self, StdStream};
+use sdl_engine::{Core, EngineError, ErrorKind, Locker, Topology};
 
-use crate::completions::{Grant, Outcome};
+use crate::js::{AsyncScope, JsEnv};
+use crate::settle::{LaneEvent, Poster, Settler};
+use uv::UvHandle;
 
-use env::LaneEnv;
-pub(crate) use io::Op;
-use io::{Effects, Io};
-use quorum::{QuorumCall, QuorumOp};
-use wait::Turn;
-pub(crate) use wait::WaitRequest;
-
-/// After a socket failed to open or broke, the runtime path serves alone for this long.
-const REOPEN_AFTER: Duration = Duration::from_secs(1);
-
-/// A single acquire attempt, with what it needs once answered.
-pub(crate) struct AcquireCall {
-    pub key: String,
-    pub token: String,
-    pub ttl: Duration,
-    pub sent_at: tokio::time::Instant,
-    pub auto_extend: bool,
-    /// `acquireLease`: the lease is watched, and the answer is a grant.
-    pub lease: bool,
-}
-
-impl AcquireCall {
-    fn new(key: &str, ttl: Duration, auto_extend: bool, lease: bool) -> Self {
-        Self {
-            key: key.to_owned(),
-            token: sdl_engine::new_token(),
-            ttl,
-            sent_at: tokio::time::Instant::now(),
-            auto_extend,
-            lease,
+/// Whether the lane can carry this deployment here: libuv is reachable (not on Windows), no
+/// server needs TLS (that stays on the runtime for now), and `SDL_EVENT_LOOP_LANE` is not `0`.
+pub(crate) fn usable(topology: &Topology) -> bool {
+    let plain = match topology {
+        Topology::Single(config) => config.tls.is_none(),
+        Topology::Sentinel(sentinel) => sentinel.master.tls.is_none(),
+        Topology::Cluster(nodes) | Topology::Redlock(nodes) => {
+            nodes.iter().all(|n| n.tls.is_none())
         }
-    }
-
-    /// The lock was granted: the engine tracks it like its own; the caller gets the outcome.
-    pub(crate) fn granted(&self, locker: &Locker, fence: Option<i64>) -> Outcome {
-        let deadline = napi::bindgen_prelude::within_runtime_if_available(|| {
-            locker.adopt(
-                &self.key,
-                &self.token,
-                self.ttl,
-                self.sent_at,
-                self.auto_extend,
-                self.lease,
-            )
-        });
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        Outcome::acquired(
-            self.lease,
-            Some(Grant {
-                token: self.token.clone(),
-                fence,
-                valid_for_ms: left.as_secs_f64() * 1000.0,
-            }),
-        )
-    }
-
-    /// The lock is held by someone else.
-    pub(crate) fn refused(&self) -> Outcome {
-        Outcome::acquired(self.lease, None)
-    }
+    };
+    let enabled = std::env::var("SDL_EVENT_LOOP_LANE").map_or(true, |v| v != "0");
+    plain && enabled && uv::available()
 }
 
-/// A call the lane can make.
-pub(crate) enum LaneCall<'a> {
-    Acquire {
-        key: &'a str,
-        ttl: Duration,
-        auto_extend: bool,
-        lease: bool,
-    },
-    Release {
-        key: &'a str,
-        token: &'a str,
-    },
-    Extend {
-        key: &'a str,
-        token: &'a str,
-        ttl: Duration,
-    },
-    Exists {
-        key: &'a str,
-    },
+/// Where a settlement is made from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum From {
+    /// A napi call from JS: its return runs the microtasks.
+    Call,
+    /// A libuv or completion-channel callback: settle in callback scopes, in slices.
+    Callback,
 }
 
-enum Phase {
-    Idle { open_after: Option<Instant> },
-    Opening(Arc<Mutex<Option<EngineResult<RawStream>>>>),
-    Ready(Rc<RefCell<Io>>),
+struct LaneSocket {
+    epoch: u64,
+    poll: UvHandle,
+    data: *const PollData,
+    events: Cell<c_int>,
 }
 
-/// One server's socket on the lane.
-struct Node {
-    config: ServerConfig,
-    phase: RefCell<Phase>,
+/// A poll handle's data: the socket, closed only once the handle is (libuv's rule).
+struct PollData {
+    lane: Rc<Lane>,
+    conn: usize,
+    epoch: u64,
+    stream: RefCell<StdStream>,
 }
 
 pub(crate) struct Lane {
-    shared: Rc<LaneShared>,
-}
-
-/// The lane's state, shared with the waiters' timers.
-pub(crate) struct LaneShared {
-    /// Empty when the lane is off for this deployment or platform.
-    nodes: Vec<Node>,
-    closed: RefCell<bool>,
     locker: Arc<Locker>,
-    waiting: RefCell<wait::Waiting>,
-    lane_env: Rc<LaneEnv>,
-    /// For settling from the lane's own timers (a callback scope needs an async context).
-    async_context: sys::napi_async_context,
-    resource: sys::napi_ref,
-    /// The Lock was collected: close the sockets once the last waiter is done.
-    dropped: std::cell::Cell<bool>,
+    settler: Rc<Settler>,
+    poster: Poster,
+    event_loop: *mut uv::Loop,
+    sockets: RefCell<Vec<Option<LaneSocket>>>,
+    timer: RefCell<Option<UvHandle>>,
+    /// Write what the turn queued: before the loop blocks (prepare) and after it polled (check).
+    prepare: RefCell<Option<UvHandle>>,
+    check: RefCell<Option<UvHandle>>,
+    timer_at: Cell<Option<Instant>>,
+    flushing: Cell<bool>,
+    scope: Option<AsyncScope>,
+    shut: Cell<bool>,
 }
 
 impl Lane {
-    /// `error_classes`: the facade's `{ code: ErrorClass }` (the lane keeps its own reference).
-    pub(crate) fn new(env: &Env, locker: Arc<Locker>, error_classes: sys::napi_value) -> Self {
-        let usable = uv::uv().is_some() && enabled_by_env();
-        let nodes = match locker.plain_servers() {
-            Some(configs) if usable => configs
-                .into_iter()
-                .map(|config| Node {
-                    config: config.clone(),
-                    phase: RefCell::new(Phase::Idle { open_after: None }),
-                })
-                .collect(),
-            _ => Vec::new(),
+    pub(crate) fn new(
+        env: JsEnv,
+        locker: Arc<Locker>,
+        settler: Rc<Settler>,
+    ) -> napi::Result<Rc<Self>> {
+        let mut event_loop = ptr::null_mut();
+        // SAFETY: a live env on its JS thread (JsEnv); the out-pointer is a valid local.
+        let status = unsafe { sys::napi_get_uv_event_loop(env.raw(), &mut event_loop) };
+        if status != sys::Status::napi_ok || event_loop.is_null() {
+            return Err(napi::Error::from_reason("no event loop for the lane"));
+        }
+        let event_loop = event_loop as *mut uv::Loop;
+        let handles = (
+            UvHandle::timer(event_loop),
+            UvHandle::prepare(event_loop),
+            UvHandle::check(event_loop),
+        );
+        let (Some(timer), Some(prepare), Some(check)) = handles else {
+            return Err(napi::Error::from_reason("libuv refused the lane's handles"));
         };
-        let (async_context, resource) = unsafe { io::async_context(env.raw()) }
-            .unwrap_or((std::ptr::null_mut(), std::ptr::null_mut()));
-        let shared = Rc::new(LaneShared {
-            nodes,
-            closed: RefCell::new(false),
+        let lane = Rc::new(Self {
+            poster: settler.poster(),
             locker,
-            waiting: RefCell::default(),
-            lane_env: Rc::new(LaneEnv::new(env.raw(), error_classes)),
-            async_context,
-            resource,
-            dropped: std::cell::Cell::new(false),
+            settler,
+            event_loop,
+            sockets: RefCell::default(),
+            timer: RefCell::new(None),
+            prepare: RefCell::new(None),
+            check: RefCell::new(None),
+            timer_at: Cell::new(None),
+            flushing: Cell::new(false),
+            scope: env.async_context().ok(),
+            shut: Cell::new(false),
         });
-        // The waiters' timers must be closed before a worker's loop is (LaneShared::drop
-        // removes the hook when the lane goes first).
+        // Each handle holds a count on the lane until its close callback gives it back.
+        for (handle, slot) in [
+            (timer, &lane.timer),
+            (prepare, &lane.prepare),
+            (check, &lane.check),
+        ] {
+            handle.set_data(Rc::into_raw(lane.clone()) as *mut c_void);
+            *slot.borrow_mut() = Some(handle);
+        }
+        // SAFETY: a live env on its JS thread; the hook's argument is a count on the lane that
+        // `on_env_cleanup` gives back (or `shutdown` removes the hook and gives it back).
         unsafe {
             sys::napi_add_env_cleanup_hook(
                 env.raw(),
                 Some(on_env_cleanup),
-                Rc::as_ptr(&shared) as *mut std::ffi::c_void,
+                Rc::into_raw(lane.clone()) as *mut c_void,
             )
         };
-        Self { shared }
+        Ok(lane)
     }
 
-    /// A waiting acquire on the lane (one plain server only), or `None` for the runtime path.
-    pub(crate) fn wait(&self, env: &Env, request: WaitRequest) -> Option<Result<sys::napi_value>> {
-        let shared = &self.shared;
-        if shared.nodes.len() != 1 || *shared.closed.borrow() {
-            return None;
+    /// Brings sockets and timers in line with the core and settles what it finished.
+    pub(crate) fn pump(self: &Rc<Self>, from: From) {
+        if self.shut.get() {
+            return;
         }
-        shared.nodes[0].ready(&shared.lane_env, &shared.locker)?;
-        Some(wait::start(shared, env.raw(), request))
+        let events = self.step();
+        if events.is_empty() {
+            return;
+        }
+        let done = self.locker.apply(events);
+        if done.is_empty() {
+            return;
+        }
+        let scope = match from {
+            From::Call => None,
+            From::Callback => self.scope.as_ref(),
+        };
+        // Between slices, write what the continuations queued, so Redis works meanwhile.
+        self.settler.settle_all(done, scope, &|| self.flush());
+        // What the last continuations queued is written at this turn's end (prepare/check).
+        if self.has_output() {
+            self.schedule_flush();
+        }
     }
 
-    /// Rejects the lane's waiting acquire registered under `cancel_id`. `false` if none.
-    pub(crate) fn cancel(&self, cancel_id: u32) -> bool {
-        let mut effects = Effects::default();
-        let found = wait::cancel(&self.shared, cancel_id, &mut effects);
-        self.shared.apply_in_call(effects);
-        found
-    }
-
-    /// What to call when a release of a key is heard from Redis: its first waiter here tries
-    /// at once. Holds the lane weakly.
-    pub(crate) fn release_listener(&self) -> impl Fn(&str) + 'static {
-        let shared = Rc::downgrade(&self.shared);
-        move |key| {
-            if let Some(shared) = shared.upgrade() {
-                let mut effects = Effects::default();
-                wait::hand_over(&shared, key, &mut effects);
-                shared.apply_in_call(effects);
+    /// Opens and closes sockets as the core wants, schedules the writes, arms the timer, and
+    /// returns the core's events.
+    fn step(self: &Rc<Self>) -> Vec<sdl_engine::Event> {
+        let mut core = crate::lock_core(&self.locker);
+        let now = Instant::now();
+        let mut sockets = self.sockets.borrow_mut();
+        if sockets.len() < core.conn_count() {
+            sockets.resize_with(core.conn_count(), || None);
+        }
+        let mut output = false;
+        for conn in 0..core.conn_count() {
+            if let Some(socket) = &sockets[conn]
+                && core.live_epoch(conn) != Some(socket.epoch)
+            {
+                // Dropped by the core (timeout, protocol error, failover, close).
+                if let Some(socket) = sockets[conn].take() {
+                    socket.poll.close(on_poll_closed);
+                }
             }
+            if sockets[conn].is_none() && core.wants_socket(conn, now) {
+                self.open(&mut core, conn, now);
+            }
+            output |= sockets[conn].is_some() && !core.output(conn).is_empty();
+        }
+        drop(sockets);
+        let timer = core.next_timer();
+        let events = core.take_events();
+        drop(core);
+        if output {
+            self.schedule_flush();
+        }
+        self.arm(timer);
+        events
+    }
+
+    /// Opens `conn`'s socket on the runtime; the socket comes back as a `LaneEvent::Opened`.
+    fn open(&self, core: &mut Core, conn: usize, now: Instant) {
+        let epoch = core.opening(conn, now);
+        let endpoint = core.endpoint(conn).clone();
+        let poster = self.poster.clone();
+        self.locker.runtime().spawn(async move {
+            let result = match open::open(&endpoint).await {
+                Ok(opened) if opened.tls.is_some() => Err(EngineError::new(
+                    ErrorKind::Unsupported,
+                    "the event-loop transport does not do TLS",
+                )),
+                Ok(opened) => opened
+                    .stream
+                    .into_std()
+                    .and_then(|stream| stream.set_nonblocking().map(|()| stream))
+                    .map_err(|e| {
+                        EngineError::new(
+                            ErrorKind::Connection,
+                            format!("cannot hand the socket over: {e}"),
+                        )
+                    }),
+                Err(err) => Err(err),
+            };
+            poster.post_lane(LaneEvent::Opened {
+                conn,
+                epoch,
+                result,
+            });
+        });
+    }
+
+    /// News from the runtime, on the JS thread.
+    pub(crate) fn on_event(self: &Rc<Self>, event: LaneEvent) {
+        if let LaneEvent::Opened {
+            conn,
+            epoch,
+            result,
+        } = event
+        {
+            self.install(conn, epoch, result);
+        }
+        self.pump(From::Callback);
+    }
+
+    fn install(
+        self: &Rc<Self>,
+        conn: usize,
+        epoch: u64,
+        result: sdl_engine::EngineResult<StdStream>,
+    ) {
+        let now = Instant::now();
+        let stream = match result {
+            Ok(stream) => stream,
+            Err(err) => return crate::lock_core(&self.locker).open_failed(conn, epoch, err, now),
+        };
+        if self.shut.get() {
+            return;
+        }
+        #[cfg(unix)]
+        let fd = stream.raw_fd();
+        #[cfg(not(unix))]
+        let fd = -1;
+        let Some(poll) = UvHandle::poll(self.event_loop, fd) else {
+            let err = EngineError::new(ErrorKind::Connection, "libuv refused to watch the socket");
+            return crate::lock_core(&self.locker).open_failed(conn, epoch, err, now);
+        };
+        let data = Rc::into_raw(Rc::new(PollData {
+            lane: self.clone(),
+            conn,
+            epoch,
+            stream: RefCell::new(stream),
+        }));
+        poll.set_data(data as *mut c_void);
+        let kept = crate::lock_core(&self.locker).opened(conn, epoch, now)
+            && poll.poll_start(uv::READABLE, on_poll);
+        if !kept {
+            crate::lock_core(&self.locker).socket_closed(
+                conn,
+                epoch,
+                "the socket could not be watched",
+                now,
+            );
+            poll.close(on_poll_closed);
+            return;
+        }
+        let mut sockets = self.sockets.borrow_mut();
+        if sockets.len() <= conn {
+            sockets.resize_with(conn + 1, || None);
+        }
+        if let Some(old) = sockets[conn].replace(LaneSocket {
+            epoch,
+            poll,
+            data,
+            events: Cell::new(uv::READABLE),
+        }) {
+            old.poll.close(on_poll_closed);
         }
     }
 
-    /// Makes `call` on the lane if every socket it needs is open, returning the promise its
-    /// replies settle; `None` means: take the runtime path (idle sockets start opening in the
-    /// background, for later calls).
-    pub(crate) fn call(&self, env: &Env, call: LaneCall<'_>) -> Option<Result<sys::napi_value>> {
-        let shared = &self.shared;
-        if shared.nodes.is_empty() || *shared.closed.borrow() {
-            return None;
-        }
-        let mut ios = Vec::with_capacity(shared.nodes.len());
-        for node in &shared.nodes {
-            // Visit every node, so all closed sockets start (re)opening, not only the first.
-            if let Some(io) = node.ready(&shared.lane_env, &shared.locker) {
-                ios.push(io);
-            }
-        }
-        if ios.len() < shared.nodes.len() {
-            return None;
-        }
-        Some(if ios.len() == 1 {
-            let deadline = Instant::now() + shared.nodes[0].config.command_timeout;
-            shared.single(env, &ios[0], call, deadline)
-        } else {
-            shared.quorum(env, ios, call)
+    fn has_output(&self) -> bool {
+        let core = crate::lock_core(&self.locker);
+        let sockets = self.sockets.borrow();
+        sockets.iter().enumerate().any(|(conn, s)| {
+            s.is_some() && conn < core.conn_count() && !core.output(conn).is_empty()
         })
     }
 
-    /// Closes the lane: its pending calls and waiters reject with `closed`. On the JS thread.
-    pub(crate) fn close(&self, env: &Env) {
-        let shared = &self.shared;
-        *shared.closed.borrow_mut() = true;
-        let mut effects = Effects::default();
-        wait::end_all(shared, &io::closed_error(), &mut effects);
-        shared.apply_in_call(effects);
-        for node in &shared.nodes {
-            let previous = node.phase.replace(Phase::Idle { open_after: None });
-            if let Phase::Ready(io) = previous {
-                io::shut(&io, Some(env.raw()), io::closed_error());
-            }
-        }
-    }
-}
-
-impl LaneShared {
-    fn single(
-        self: &Rc<Self>,
-        env: &Env,
-        io: &Rc<RefCell<Io>>,
-        call: LaneCall<'_>,
-        deadline: Instant,
-    ) -> Result<sys::napi_value> {
-        let now = tokio::time::Instant::now();
-        let mut turn = Turn::Nobody;
-        let (command, op) = match call {
-            LaneCall::Acquire {
-                key,
-                ttl,
-                auto_extend,
-                lease,
-            } => {
-                let call = AcquireCall::new(key, ttl, auto_extend, lease);
-                let command = wire::acquire_command(key, &call.token, ttl, self.locker.fencing());
-                (command, Op::Acquire(call))
-            }
-            LaneCall::Release { key, token } => {
-                turn = wait::next_in_line(self, key);
-                let command = match turn {
-                    Turn::HandOver(_) => wire::release_command_handing_over(key, token),
-                    Turn::Open | Turn::Nobody => wire::release_command(key, token),
-                };
-                let op = Op::Release {
-                    key: key.to_owned(),
-                    open: matches!(turn, Turn::Open).then(|| Rc::downgrade(self)),
-                };
-                (command, op)
-            }
-            LaneCall::Extend { key, token, ttl } => (
-                wire::extend_command(key, token, ttl),
-                Op::Extend {
-                    token: token.to_owned(),
-                    ttl,
-                    sent_at: now,
-                },
-            ),
-            LaneCall::Exists { key } => (wire::exists_command(key), Op::Flag),
-        };
-        let promise = io::submit(io, env.raw(), command, op, deadline)?;
-        if let Turn::HandOver(waiter) = turn {
-            // Hand-over: the waiter's attempt goes out right behind the release.
-            let mut effects = Effects::default();
-            wait::attempt(&waiter, &mut effects);
-            self.apply_in_call(effects);
-        }
-        Ok(promise)
-    }
-
-    fn quorum(
-        &self,
-        env: &Env,
-        ios: Vec<Rc<RefCell<Io>>>,
-        call: LaneCall<'_>,
-    ) -> Result<sys::napi_value> {
-        let now = tokio::time::Instant::now();
-        let (op, command): (QuorumOp, Box<dyn Fn() -> wire::WireCommand>) = match call {
-            LaneCall::Acquire {
-                key,
-                ttl,
-                auto_extend,
-                lease,
-            } => {
-                let call = AcquireCall::new(key, ttl, auto_extend, lease);
-                let fencing = self.locker.fencing();
-                let (k, t) = (key.to_owned(), call.token.clone());
-                let command = Box::new(move || wire::acquire_command(&k, &t, ttl, fencing));
-                (QuorumOp::Acquire(call), command)
-            }
-            LaneCall::Release { key, token } => {
-                let (k, t) = (key.to_owned(), token.to_owned());
-                let op = QuorumOp::Release {
-                    key: key.to_owned(),
-                };
-                (op, Box::new(move || wire::release_command(&k, &t)))
-            }
-            LaneCall::Extend { key, token, ttl } => {
-                let (k, t) = (key.to_owned(), token.to_owned());
-                let op = QuorumOp::Extend {
-                    token: token.to_owned(),
-                    ttl,
-                    sent_at: now,
-                };
-                (op, Box::new(move || wire::extend_command(&k, &t, ttl)))
-            }
-            LaneCall::Exists { key } => {
-                let k = key.to_owned();
-                (QuorumOp::Exists, Box::new(move || wire::exists_command(&k)))
-            }
-        };
-        let (deferred, promise) = io::new_promise(env.raw())?;
-        let targets = self.nodes.iter().map(|n| n.config.target()).collect();
-        let call = Rc::new(RefCell::new(QuorumCall::new(
-            deferred,
-            op,
-            self.locker.clone(),
-            ios.clone(),
-            targets,
-        )));
-        for (index, (io, node)) in ios.iter().zip(&self.nodes).enumerate() {
-            let deadline = Instant::now() + node.config.command_timeout;
-            io::submit_member(io, &call, index, command(), deadline);
-        }
-        Ok(promise)
-    }
-
-    pub(crate) fn command_timeout(&self) -> Duration {
-        self.nodes
-            .first()
-            .map_or(Duration::from_secs(1), |n| n.config.command_timeout)
-    }
-
-    /// The single server's open socket, if it is open.
-    pub(crate) fn single_io(&self) -> Option<Rc<RefCell<Io>>> {
-        match self.nodes.as_slice() {
-            [node] => match &*node.phase.borrow() {
-                Phase::Ready(io) if !io.borrow().is_closing() => Some(io.clone()),
-                _ => None,
-            },
-            _ => None,
-        }
-    }
-
-    /// Acts on `effects` during a napi call (microtasks run after it returns).
-    fn apply_in_call(&self, effects: Effects) {
-        unsafe { io::apply(effects, &self.lane_env, None, None) };
-    }
-
-    /// Acts on `effects` from a libuv callback: in a callback scope, whose end runs microtasks.
-    pub(crate) fn apply_in_callback(&self, effects: Effects) {
-        let scope = (!self.resource.is_null()).then_some((self.resource, self.async_context));
-        unsafe { io::apply(effects, &self.lane_env, scope, None) };
-    }
-}
-
-impl LaneShared {
-    /// Each socket closes once its pending calls have settled.
-    fn abandon_nodes(&self) {
-        for node in &self.nodes {
-            if let Phase::Ready(io) = node.phase.replace(Phase::Idle { open_after: None }) {
-                io::abandon(&io);
-            }
-        }
-    }
-
-    /// A waiter finished: if the Lock is gone and nobody waits any more, close the sockets.
-    pub(crate) fn waiter_done(&self) {
-        if self.dropped.get() && self.waiting.borrow().is_empty() {
-            self.abandon_nodes();
-        }
-    }
-}
-
-impl Drop for LaneShared {
-    fn drop(&mut self) {
-        if self.lane_env.is_gone() {
+    fn schedule_flush(&self) {
+        if self.flushing.replace(true) || self.shut.get() {
             return;
         }
-        let env = self.lane_env.env();
-        unsafe {
-            sys::napi_remove_env_cleanup_hook(
-                env,
-                Some(on_env_cleanup),
-                self as *const LaneShared as *mut std::ffi::c_void,
-            );
-            if !self.resource.is_null() {
-                sys::napi_async_destroy(env, self.async_context);
-                sys::napi_delete_reference(env, self.resource);
-            }
+        if let Some(prepare) = &*self.prepare.borrow() {
+            prepare.prepare_start(on_flush);
+        }
+        if let Some(check) = &*self.check.borrow() {
+            check.check_start(on_flush);
         }
     }
-}
 
-/// The environment is being torn down: end the waiters (nothing is settled any more) so their
-/// timers close before the loop does.
-unsafe extern "C" fn on_env_cleanup(arg: *mut std::ffi::c_void) {
-    let shared = unsafe { &*(arg as *const LaneShared) };
-    shared.lane_env.set_gone();
-    let mut ignored = Effects::default();
-    wait::end_all(shared, &io::closed_error(), &mut ignored);
-}
-
-impl Node {
-    /// The open socket, or `None` (then it starts opening in the background if it was idle).
-    fn ready(&self, lane_env: &Rc<LaneEnv>, locker: &Arc<Locker>) -> Option<Rc<RefCell<Io>>> {
-        let retry_later = || Phase::Idle {
-            open_after: Some(Instant::now() + REOPEN_AFTER),
-        };
-        let opened = {
-            let mut phase = self.phase.borrow_mut();
-            match &*phase {
-                Phase::Ready(io) if !io.borrow().is_closing() => return Some(io.clone()),
-                Phase::Ready(_) => {
-                    *phase = retry_later();
-                    return None;
+    /// Writes what the core has for each socket, as much as the sockets take now.
+    fn flush(&self) {
+        let mut core = crate::lock_core(&self.locker);
+        let now = Instant::now();
+        let sockets = self.sockets.borrow();
+        let mut left = false;
+        for (conn, socket) in sockets.iter().enumerate() {
+            let Some(socket) = socket else { continue };
+            if conn >= core.conn_count() || !core.is_open(conn, socket.epoch) {
+                continue;
+            }
+            // SAFETY: `data` stays valid while the socket is in `sockets` (it is freed only in
+            // the poll handle's close callback, after the socket left `sockets`).
+            let data = unsafe { &*socket.data };
+            let mut broken = None;
+            loop {
+                let out = core.output(conn);
+                if out.is_empty() {
+                    break;
                 }
-                Phase::Idle { open_after } => {
-                    if open_after.is_some_and(|at| Instant::now() < at) {
-                        return None;
+                match data.stream.borrow_mut().write(out) {
+                    Ok(0) => {
+                        broken = Some("the connection closed".to_owned());
+                        break;
                     }
-                    let slot = Arc::new(Mutex::new(None));
-                    let (filled, config) = (slot.clone(), self.config.clone());
-                    napi::bindgen_prelude::spawn(async move {
-                        let opened = wire::open_stream(&config).await;
-                        *filled.lock().unwrap_or_else(|p| p.into_inner()) = Some(opened);
-                    });
-                    *phase = Phase::Opening(slot);
-                    return None;
-                }
-                Phase::Opening(slot) => {
-                    let taken = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-                    match taken {
-                        None => return None,
-                        Some(Err(_)) => {
-                            // The runtime path reports the failure on its own calls.
-                            *phase = retry_later();
-                            return None;
-                        }
-                        Some(Ok(stream)) => stream,
+                    Ok(n) => core.written(conn, n),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        broken = Some(open::describe(&e));
+                        break;
                     }
                 }
             }
-        };
-        // Installed with the phase not borrowed: it runs async hooks, which may run JS.
-        let installed = Io::install(
-            lane_env,
-            opened,
-            locker.clone(),
-            self.config.target(),
-            self.config.command_timeout,
-        );
-        let mut phase = self.phase.borrow_mut();
-        match installed {
-            Some(io) => {
-                *phase = Phase::Ready(io.clone());
-                Some(io)
+            if let Some(why) = broken {
+                core.socket_closed(conn, socket.epoch, &why, now);
+                continue;
             }
-            None => {
-                *phase = retry_later();
-                None
+            let pending = !core.output(conn).is_empty();
+            left |= pending;
+            let want = if pending {
+                uv::READABLE | uv::WRITABLE
+            } else {
+                uv::READABLE
+            };
+            if want != socket.events.get() {
+                socket.events.set(want);
+                socket.poll.poll_start(want, on_poll);
+            }
+        }
+        drop(sockets);
+        drop(core);
+        if !left && self.flushing.replace(false) {
+            if let Some(prepare) = &*self.prepare.borrow() {
+                prepare.prepare_stop();
+            }
+            if let Some(check) = &*self.check.borrow() {
+                check.check_stop();
             }
         }
     }
-}
 
-impl Drop for Lane {
-    /// The locker was collected: the sockets close once the pending calls have settled and the
-    /// waiters (who keep the lane alive) are done.
-    fn drop(&mut self) {
-        self.shared.dropped.set(true);
-        self.shared.waiter_done();
+    /// Reads what the socket of `conn` holds and feeds it to the core.
+    fn read(&self, conn: usize, epoch: u64, data: &PollData) {
+        let mut bytes = Vec::new();
+        let mut done = None;
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match data.stream.borrow_mut().read(&mut chunk) {
+                Ok(0) => {
+                    done = Some("the connection closed".to_owned());
+                    break;
+                }
+                Ok(n) => {
+                    bytes.extend_from_slice(&chunk[..n]);
+                    if n < chunk.len() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    done = Some(open::describe(&e));
+                    break;
+                }
+            }
+        }
+        let mut core = crate::lock_core(&self.locker);
+        let now = Instant::now();
+        if !bytes.is_empty() {
+            core.feed(conn, epoch, &bytes, now);
+        }
+        if let Some(why) = done {
+            core.socket_closed(conn, epoch, &why, now);
+        }
+    }
+
+    /// Whatever every socket holds, before time is told to the core.
+    fn read_all(&self) {
+        let open: Vec<(usize, u64, *const PollData)> = self
+            .sockets
+            .borrow()
+            .iter()
+            .enumerate()
+            .filter_map(|(conn, s)| s.as_ref().map(|s| (conn, s.epoch, s.data)))
+            .collect();
+        for (conn, epoch, data) in open {
+            // SAFETY: the sockets listed are still in `sockets` (nothing ran in between that
+            // could close them), so their data is valid (see `flush`).
+            let data = unsafe { &*data };
+            self.read(conn, epoch, data);
+        }
+    }
+
+    fn arm(&self, at: Option<Instant>) {
+        if self.timer_at.get() == at {
+            return;
+        }
+        self.timer_at.set(at);
+        let timer = self.timer.borrow();
+        let Some(timer) = timer.as_ref() else { return };
+        match at {
+            None => timer.timer_stop(),
+            Some(at) => {
+                // libuv counts whole ms from the loop's cached time, so it can fire up to 1 ms
+                // early: round up and add that ms, so no deadline is seen before it passed.
+                let wait = at.saturating_duration_since(Instant::now());
+                let ms = wait.as_micros().div_ceil(1000) as u64 + 1;
+                timer.timer_start(on_timer, ms);
+            }
+        }
+    }
+
+    /// Closes every handle and socket: the Lock is closed and collected, or the environment
+    /// goes away. Nothing settles after this.
+    pub(crate) fn shutdown(self: &Rc<Self>) {
+        if !self.close_handles() {
+            return;
+        }
+        if let Some(env) = self.settler.env() {
+            // SAFETY: a live env on its JS thread; removes the hook added in `new` (same
+            // function and argument) and gives back the count it held.
+            unsafe {
+                sys::napi_remove_env_cleanup_hook(
+                    env.raw(),
+                    Some(on_env_cleanup),
+                    Rc::as_ptr(self) as *mut c_void,
+                );
+                drop(Rc::from_raw(Rc::as_ptr(self)));
+            }
+            if let Some(scope) = &self.scope {
+                env.drop_async(scope);
+            }
+        }
+    }
+
+    /// Closes the engine and every handle and socket, once; `false` if done already.
+    fn close_handles(&self) -> bool {
+        if self.shut.replace(true) {
+            return false;
+        }
+        self.locker.close();
+        for socket in self.sockets.borrow_mut().drain(..).flatten() {
+            socket.poll.close(on_poll_closed);
+        }
+        for slot in [&self.timer, &self.prepare, &self.check] {
+            if let Some(handle) = slot.borrow_mut().take() {
+                handle.close(on_lane_handle_closed);
+            }
+        }
+        true
+    }
+
+    /// A callback panicked (a bug): fail what the sockets carried and go on.
+    fn recover(self: &Rc<Self>) {
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            let now = Instant::now();
+            let open: Vec<(usize, u64)> = self
+                .sockets
+                .borrow()
+                .iter()
+                .enumerate()
+                .filter_map(|(conn, s)| s.as_ref().map(|s| (conn, s.epoch)))
+                .collect();
+            let mut core = crate::lock_core(&self.locker);
+            for (conn, epoch) in open {
+                core.socket_closed(
+                    conn,
+                    epoch,
+                    "internal error in the lock engine (a bug: please report it)",
+                    now,
+                );
+            }
+            drop(core);
+            self.pump(From::Callback);
+        }));
     }
 }
 
-/// `SDL_EVENT_LOOP_LANE=0` turns the lane off (every call takes the runtime path).
-fn enabled_by_env() -> bool {
-    std::env::var("SDL_EVENT_LOOP_LANE").map_or(true, |v| v != "0")
+/// Runs a lane callback's body with the lane borrowed from a handle's data, catching panics.
+///
+/// # Safety
+/// `data` is a count on a `Lane` held by a live handle (given back only in its close callback).
+unsafe fn with_lane(data: *const Lane, body: impl FnOnce(&Rc<Lane>)) {
+    if data.is_null() {
+        return;
+    }
+    // SAFETY: per the contract, `data` is a live count; this makes a second one for the call.
+    let lane = unsafe {
+        Rc::increment_strong_count(data);
+        Rc::from_raw(data)
+    };
+    if lane.shut.get() {
+        return;
+    }
+    if catch_unwind(AssertUnwindSafe(|| body(&lane))).is_err() {
+        lane.recover();
+    }
+}
+
+unsafe extern "C" fn on_poll(handle: *mut uv::Handle, status: c_int, events: c_int) {
+    // SAFETY: libuv passes a live poll handle, whose data is the `PollData` count it holds.
+    let data = unsafe { uv::data(handle) } as *const PollData;
+    if data.is_null() {
+        return;
+    }
+    // SAFETY: the handle is open, so its data is valid (freed only in its close callback).
+    let poll_data = unsafe { &*data };
+    let lane = Rc::as_ptr(&poll_data.lane);
+    // SAFETY: `poll_data.lane` is a live count on the lane for as long as the handle lives.
+    unsafe {
+        with_lane(lane, |lane| {
+            let (conn, epoch) = (poll_data.conn, poll_data.epoch);
+            if status < 0 {
+                let why = format!("the event loop reported error {status} on the socket");
+                crate::lock_core(&lane.locker).socket_closed(conn, epoch, &why, Instant::now());
+            } else {
+                if events & uv::WRITABLE != 0 {
+                    lane.flush();
+                }
+                if events & uv::READABLE != 0 {
+                    lane.read(conn, epoch, poll_data);
+                }
+            }
+            lane.pump(From::Callback);
+        })
+    };
+}
+
+unsafe extern "C" fn on_flush(handle: *mut uv::Handle) {
+    // SAFETY: libuv passes a live prepare or check handle whose data is a count on the lane.
+    unsafe {
+        with_lane(uv::data(handle) as *const Lane, |lane| {
+            lane.flush();
+            lane.pump(From::Callback);
+        })
+    };
+}
+
+unsafe extern "C" fn on_timer(handle: *mut uv::Handle) {
+    // SAFETY: libuv passes the live timer handle whose data is a count on the lane.
+    unsafe {
+        with_lane(uv::data(handle) as *const Lane, |lane| {
+            lane.timer_at.set(None);
+            lane.read_all();
+            crate::lock_core(&lane.locker).on_timer(Instant::now());
+            lane.pump(From::Callback);
+        })
+    };
+}
+
+/// A socket's poll handle closed: its data (the socket, a count on the lane) goes.
+unsafe extern "C" fn on_poll_closed(handle: *mut uv::Handle) {
+    // SAFETY: this is the handle's close callback; `free` returns its data and frees it.
+    let data = unsafe { uv::free(handle) } as *const PollData;
+    if !data.is_null() {
+        // SAFETY: the count made in `install`, given back once, here. Dropping closes the socket.
+        let _ = catch_unwind(AssertUnwindSafe(|| drop(unsafe { Rc::from_raw(data) })));
+    }
+}
+
+/// One of the lane's own handles closed: its count on the lane goes.
+unsafe extern "C" fn on_lane_handle_closed(handle: *mut uv::Handle) {
+    // SAFETY: this is the handle's close callback.
+    let data = unsafe { uv::free(handle) } as *const Lane;
+    if !data.is_null() {
+        // SAFETY: the count made in `Lane::new` for this handle, given back once, here.
+        let _ = catch_unwind(AssertUnwindSafe(|| drop(unsafe { Rc::from_raw(data) })));
+    }
+}
+
+/// Node tears the environment down (a worker ends): close the handles before the loop goes.
+unsafe extern "C" fn on_env_cleanup(arg: *mut c_void) {
+    if arg.is_null() {
+        return;
+    }
+    // SAFETY: the count handed to the hook in `Lane::new`; the hook runs once and is not
+    // removed afterwards, so the count is given back here.
+    let lane = unsafe { Rc::from_raw(arg as *const Lane) };
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        lane.settler.set_gone();
+        lane.close_handles();
+    }));
 }

@@ -380,19 +380,20 @@ impl Locker {
             inner.leases.forget(key, token);
         }
         inner.watch_sentinel();
+        // The event loop drains the core itself; on the runtime, a closed core has no driver
+        // any more to hand the (closed) outcome over.
+        let drains_itself = matches!(inner.transport, Transport::EventLoop(_));
         let stopped = {
             let mut core = lock(&inner.main.core);
             core.call(id, call, Instant::now());
-            core.is_closed().then(|| core.take_events())
+            (core.is_closed() && !drains_itself).then(|| core.take_events())
         };
-        match (stopped, &inner.transport) {
-            // The event loop drains the core itself.
-            (_, Transport::EventLoop(_)) => {}
-            (Some(events), _) => {
+        match stopped {
+            Some(events) => {
                 let done = inner.apply(events);
                 route(&Arc::downgrade(&inner.main.responders), done, None);
             }
-            (None, _) => inner.main.wake(),
+            None => inner.main.wake(),
         }
     }
 

@@ -146,7 +146,7 @@ async fn connect(config: &ServerConfig, target: &str) -> EngineResult<Opened> {
 }
 
 /// An OS error in a few words, without its number.
-pub(crate) fn describe(err: &std::io::Error) -> String {
+pub fn describe(err: &std::io::Error) -> String {
     use std::io::ErrorKind as K;
     match err.kind() {
         K::ConnectionRefused => "connection refused".into(),
