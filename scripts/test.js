@@ -26,7 +26,7 @@ const steps = [
   ['type check (tsc)', npx, ['tsc', '-p', 'tsconfig.json']],
   ['black-box tests (node --test)', process.execPath, ['--test', '--test-reporter=spec', '__test__/']],
   // The same API tests once more with every call on the runtime path (the event-loop lane off).
-  ['API tests, event-loop lane off', process.execPath, ['--test', '--test-reporter=dot', '__test__/api.test.mjs', '__test__/connection.test.mjs', '__test__/leases.test.mjs']],
+  ['API tests, event-loop lane off', process.execPath, ['--test', '--test-reporter=dot', '__test__/api.test.mjs', '__test__/connection.test.mjs', '__test__/leases.test.mjs', '__test__/faults.test.mjs']],
 ];
 
 for (const [title, command, args] of steps) {
