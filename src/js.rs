@@ -43,10 +43,8 @@ impl JsEnv {
         let mut deferred = ptr::null_mut();
         let mut promise = ptr::null_mut();
         // SAFETY: a live env on its JS thread (`new`); both out-pointers are valid locals.
-        check(
-            unsafe { sys::napi_create_promise(self.0, &mut deferred, &mut promise) },
-            "create a promise",
-        )?;
+        let status = unsafe { sys::napi_create_promise(self.0, &mut deferred, &mut promise) };
+        check(status, "create a promise")?;
         Ok((Deferred(deferred), promise))
     }
 
@@ -71,47 +69,39 @@ impl JsEnv {
     pub(crate) fn string(self, text: &str) -> Result<sys::napi_value> {
         let mut value = ptr::null_mut();
         // SAFETY: a live env on its JS thread; `text` is valid UTF-8 of the given length.
-        check(
-            unsafe {
-                sys::napi_create_string_utf8(
-                    self.0,
-                    text.as_ptr().cast(),
-                    text.len() as isize,
-                    &mut value,
-                )
-            },
-            "create a string",
-        )?;
+        let status = unsafe {
+            sys::napi_create_string_utf8(
+                self.0,
+                text.as_ptr().cast(),
+                text.len() as isize,
+                &mut value,
+            )
+        };
+        check(status, "create a string")?;
         Ok(value)
     }
 
     pub(crate) fn null(self) -> Result<sys::napi_value> {
         let mut value = ptr::null_mut();
         // SAFETY: a live env on its JS thread; the out-pointer is a valid local.
-        check(
-            unsafe { sys::napi_get_null(self.0, &mut value) },
-            "get null",
-        )?;
+        let status = unsafe { sys::napi_get_null(self.0, &mut value) };
+        check(status, "get null")?;
         Ok(value)
     }
 
     pub(crate) fn boolean(self, flag: bool) -> Result<sys::napi_value> {
         let mut value = ptr::null_mut();
         // SAFETY: as `null`.
-        check(
-            unsafe { sys::napi_get_boolean(self.0, flag, &mut value) },
-            "get a boolean",
-        )?;
+        let status = unsafe { sys::napi_get_boolean(self.0, flag, &mut value) };
+        check(status, "get a boolean")?;
         Ok(value)
     }
 
     pub(crate) fn number(self, n: f64) -> Result<sys::napi_value> {
         let mut value = ptr::null_mut();
         // SAFETY: as `null`.
-        check(
-            unsafe { sys::napi_create_double(self.0, n, &mut value) },
-            "create a number",
-        )?;
+        let status = unsafe { sys::napi_create_double(self.0, n, &mut value) };
+        check(status, "create a number")?;
         Ok(value)
     }
 
@@ -122,17 +112,14 @@ impl JsEnv {
     ) -> Result<sys::napi_value> {
         let mut object = ptr::null_mut();
         // SAFETY: as `null`.
-        check(
-            unsafe { sys::napi_create_object(self.0, &mut object) },
-            "create an object",
-        )?;
+        let status = unsafe { sys::napi_create_object(self.0, &mut object) };
+        check(status, "create an object")?;
         for (name, value) in fields {
             // SAFETY: a live env on its JS thread; `object` and `value` were made in the current
             // handle scope; `name` is NUL-terminated.
-            check(
-                unsafe { sys::napi_set_named_property(self.0, object, name.as_ptr(), *value) },
-                "set a property",
-            )?;
+            let status =
+                unsafe { sys::napi_set_named_property(self.0, object, name.as_ptr(), *value) };
+            check(status, "set a property")?;
         }
         Ok(object)
     }
@@ -141,10 +128,8 @@ impl JsEnv {
     pub(crate) fn reference(self, value: sys::napi_value) -> Result<sys::napi_ref> {
         let mut reference = ptr::null_mut();
         // SAFETY: a live env on its JS thread; `value` is a live value of this env.
-        check(
-            unsafe { sys::napi_create_reference(self.0, value, 1, &mut reference) },
-            "create a reference",
-        )?;
+        let status = unsafe { sys::napi_create_reference(self.0, value, 1, &mut reference) };
+        check(status, "create a reference")?;
         Ok(reference)
     }
 
@@ -152,10 +137,8 @@ impl JsEnv {
         let mut value = ptr::null_mut();
         // SAFETY: a live env on its JS thread; `reference` was made by `reference` on it and
         // not deleted (its owner deletes it in its own drop).
-        check(
-            unsafe { sys::napi_get_reference_value(self.0, reference, &mut value) },
-            "read a reference",
-        )?;
+        let status = unsafe { sys::napi_get_reference_value(self.0, reference, &mut value) };
+        check(status, "read a reference")?;
         if value.is_null() {
             return Err(Error::new(
                 Status::GenericFailure,
@@ -167,10 +150,8 @@ impl JsEnv {
 
     pub(crate) fn delete_reference(self, reference: sys::napi_ref) {
         // SAFETY: a live env on its JS thread; the reference is deleted once, by its owner.
-        let _ = check(
-            unsafe { sys::napi_delete_reference(self.0, reference) },
-            "delete a reference",
-        );
+        let status = unsafe { sys::napi_delete_reference(self.0, reference) };
+        let _ = check(status, "delete a reference");
     }
 
     /// `new classes[code](message)`, or a plain Error with `code` when there is no such class.
@@ -194,26 +175,21 @@ impl JsEnv {
         let key = std::ffi::CString::new(code).map_err(|_| Error::from_reason("bad code"))?;
         let mut class = ptr::null_mut();
         // SAFETY: a live env on its JS thread; `classes` is a live object; `key` NUL-terminated.
-        check(
-            unsafe { sys::napi_get_named_property(self.0, classes, key.as_ptr(), &mut class) },
-            "look up an error class",
-        )?;
+        let status =
+            unsafe { sys::napi_get_named_property(self.0, classes, key.as_ptr(), &mut class) };
+        check(status, "look up an error class")?;
         let mut kind = 0;
         // SAFETY: as above; `class` is a live value.
-        check(
-            unsafe { sys::napi_typeof(self.0, class, &mut kind) },
-            "typeof",
-        )?;
+        let status = unsafe { sys::napi_typeof(self.0, class, &mut kind) };
+        check(status, "typeof")?;
         if kind != sys::ValueType::napi_function {
             return Err(Error::from_reason("no such class"));
         }
         let text = self.string(message)?;
         let mut instance = ptr::null_mut();
         // SAFETY: as above; one argument, `text`, a live string value.
-        check(
-            unsafe { sys::napi_new_instance(self.0, class, 1, &text, &mut instance) },
-            "construct an error",
-        )?;
+        let status = unsafe { sys::napi_new_instance(self.0, class, 1, &text, &mut instance) };
+        check(status, "construct an error")?;
         Ok(instance)
     }
 
@@ -232,17 +208,13 @@ impl JsEnv {
     pub(crate) fn async_context(self) -> Result<AsyncScope> {
         let mut resource = ptr::null_mut();
         // SAFETY: as `null`.
-        check(
-            unsafe { sys::napi_create_object(self.0, &mut resource) },
-            "create an object",
-        )?;
+        let status = unsafe { sys::napi_create_object(self.0, &mut resource) };
+        check(status, "create an object")?;
         let name = self.string("simple-distributed-lock")?;
         let mut context = ptr::null_mut();
         // SAFETY: a live env on its JS thread; `resource` and `name` are live values.
-        check(
-            unsafe { sys::napi_async_init(self.0, resource, name, &mut context) },
-            "async init",
-        )?;
+        let status = unsafe { sys::napi_async_init(self.0, resource, name, &mut context) };
+        check(status, "async init")?;
         let resource = self.reference(resource)?;
         Ok(AsyncScope { resource, context })
     }
@@ -252,12 +224,8 @@ impl JsEnv {
     pub(crate) fn scoped(self, scope: Option<&AsyncScope>, body: impl FnOnce(JsEnv)) {
         let mut handles = ptr::null_mut();
         // SAFETY: a live env on its JS thread; the scope is closed below, in order.
-        if check(
-            unsafe { sys::napi_open_handle_scope(self.0, &mut handles) },
-            "open a handle scope",
-        )
-        .is_err()
-        {
+        let status = unsafe { sys::napi_open_handle_scope(self.0, &mut handles) };
+        if check(status, "open a handle scope").is_err() {
             return;
         }
         let mut callback = ptr::null_mut();

@@ -60,7 +60,7 @@ impl From<ServerConfig> for Topology {
 /// Where a connection's socket goes; the transport opens it (see `net::open`).
 #[derive(Debug, Clone)]
 pub enum Endpoint {
-    Server(ServerConfig),
+    Server(Arc<ServerConfig>),
     /// Whichever master the sentinels name when the socket is opened.
     Sentinel(Arc<SentinelConfig>),
 }
@@ -293,6 +293,9 @@ pub struct Core {
     next_op: u64,
     dues: BinaryHeap<Reverse<(Instant, Due)>>,
     waits: WaitQueue<CallId, AcquireSpec>,
+    /// Keys this Lock is releasing in the open, with waiters here, until the reply: a release
+    /// heard meanwhile is its own echo (the reply decides who goes next, see `released_in_open`).
+    open_releases: HashMap<String, usize>,
     events: Vec<Event>,
     fencing: bool,
     drift_factor: f64,
@@ -312,7 +315,7 @@ impl Core {
         let layout = match topology {
             Topology::Single(config) => {
                 conns.push(Conn::new(ConnSettings::for_server(config), now));
-                endpoints.push(Endpoint::Server(config.clone()));
+                endpoints.push(Endpoint::Server(Arc::new(config.clone())));
                 Layout::Single { replicated: None }
             }
             Topology::Sentinel(sentinel) => {
@@ -344,7 +347,7 @@ impl Core {
                 }
                 for config in masters {
                     conns.push(Conn::new(ConnSettings::for_server(config), now));
-                    endpoints.push(Endpoint::Server(config.clone()));
+                    endpoints.push(Endpoint::Server(Arc::new(config.clone())));
                 }
                 Layout::Redlock {
                     masters: masters.len(),
@@ -363,7 +366,7 @@ impl Core {
                         by_address.insert((host.clone(), *port), conns.len());
                     }
                     conns.push(Conn::new(ConnSettings::for_server(config), now));
-                    endpoints.push(Endpoint::Server(config.clone()));
+                    endpoints.push(Endpoint::Server(Arc::new(config.clone())));
                 }
                 Layout::Cluster(Box::new(ClusterMap {
                     template: first.clone(),
@@ -387,6 +390,7 @@ impl Core {
             next_op: REFRESH_OP + 1,
             dues: BinaryHeap::new(),
             waits: WaitQueue::default(),
+            open_releases: HashMap::new(),
             events: Vec::new(),
             fencing,
             drift_factor,
@@ -588,6 +592,9 @@ impl Core {
 
     /// A release of `key` was heard from Redis: its first idle waiter here tries at once.
     pub fn release_heard(&mut self, key: &str, now: Instant) {
+        if self.open_releases.contains_key(key) {
+            return;
+        }
         if let Some(id) = self.waits.heard(key) {
             self.attempt(id, now);
             self.process(now);
@@ -782,6 +789,9 @@ impl Core {
             token,
             publish,
         };
+        if open {
+            *self.open_releases.entry(key.clone()).or_default() += 1;
+        }
         self.start(owner, OpKind::Release { key, open }, request, now);
         if let Turn::HandOver(next) = turn {
             // Hand-over: the waiter's attempt goes out right behind the release.
@@ -893,7 +903,7 @@ impl Core {
         if let OpKind::Replicated { .. } = op.kind {
             return self.replicated_answer(op_id, member, answer, now);
         }
-        let Some(op) = self.ops.remove(&op_id) else {
+        let Some(op) = self.end_op(op_id) else {
             return;
         };
         let extend_many = op.kind_is_extend_many();
@@ -989,8 +999,22 @@ impl Core {
         }
     }
 
+    /// Removes an op that ends, whichever way.
+    fn end_op(&mut self, op_id: u64) -> Option<Op> {
+        let op = self.ops.remove(&op_id)?;
+        if let OpKind::Release { key, open: true } = &op.kind
+            && let Some(count) = self.open_releases.get_mut(key)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.open_releases.remove(key);
+            }
+        }
+        Some(op)
+    }
+
     fn fail_op(&mut self, op_id: u64, err: EngineError, now: Instant) {
-        let Some(op) = self.ops.remove(&op_id) else {
+        let Some(op) = self.end_op(op_id) else {
             return;
         };
         let outcome = match op.kind_is_extend_many() {
@@ -1155,7 +1179,7 @@ impl Core {
 
     /// The answers (or the validity time) decide a Redlock op; it ends here.
     fn decide(&mut self, op_id: u64, timed_out: bool, now: Instant) {
-        let Some(op) = self.ops.remove(&op_id) else {
+        let Some(op) = self.end_op(op_id) else {
             return;
         };
         let Some(quorum) = op.quorum else {
@@ -1358,7 +1382,7 @@ impl Core {
         map.by_address.insert((host.to_owned(), port), conn);
         self.conns
             .push(Conn::new(ConnSettings::for_server(&config), now));
-        self.endpoints.push(Endpoint::Server(config));
+        self.endpoints.push(Endpoint::Server(Arc::new(config)));
         conn
     }
 
@@ -1470,3 +1494,7 @@ impl Op {
 fn ms(d: Duration) -> u64 {
     d.as_millis().try_into().unwrap_or(u64::MAX)
 }
+
+#[cfg(test)]
+#[path = "core_tests.rs"]
+mod tests;

@@ -221,7 +221,7 @@ async fn run(inner: Arc<Inner>, mut commands: mpsc::UnboundedReceiver<Command>) 
 async fn subscriber(inner: &Inner, attempt: usize) -> EngineResult<redis::aio::PubSub> {
     let source = &inner.sources[attempt % inner.sources.len()];
     let config = match source {
-        Endpoint::Server(config) => config.clone(),
+        Endpoint::Server(config) => (**config).clone(),
         Endpoint::Sentinel(sentinel) => sentinel.locate_master().await?,
     };
     let target = config.target();

@@ -264,27 +264,27 @@ fn step(
         if sockets.len() < core.conn_count() {
             sockets.resize_with(core.conn_count(), || None);
         }
-        for conn in 0..core.conn_count() {
-            let live = core.live_epoch(conn);
-            if let Some(socket) = &sockets[conn]
-                && live != Some(socket.epoch)
+        for (conn, slot) in sockets.iter_mut().enumerate() {
+            if slot
+                .as_ref()
+                .is_some_and(|socket| core.live_epoch(conn) != Some(socket.epoch))
             {
-                sockets[conn] = None; // dropped by the core (timeout, protocol error, close)
+                *slot = None; // dropped by the core (timeout, protocol error, close)
             }
-            if sockets[conn].is_none() && core.wants_socket(conn, now) {
+            if slot.is_none() && core.wants_socket(conn, now) {
                 let epoch = core.opening(conn, now);
                 let endpoint = core.endpoint(conn).clone();
                 opening.push(Box::pin(async move {
                     (conn, epoch, open::open(&endpoint).await)
                 }));
             }
-            if let Some(socket) = sockets[conn].as_mut()
+            if let Some(socket) = slot.as_mut()
                 && core.is_open(conn, socket.epoch)
                 && let Err(why) = socket.flush(&mut core, conn)
             {
                 let epoch = socket.epoch;
                 core.socket_closed(conn, epoch, &why, now);
-                sockets[conn] = None;
+                *slot = None;
             }
         }
         (core.take_events(), core.next_timer())
