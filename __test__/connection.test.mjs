@@ -208,6 +208,16 @@ test('TLS: ioredis tls options with a private CA, and rediss:// with rejectUnaut
 
     const insecure = new Lock(ioredis({ host: '127.0.0.1', port: tlsPort, tls: { rejectUnauthorized: false } }));
     assert.ok(await insecure.acquire('tls-insecure'));
+
+    // tls.servername: the name checked against the certificate instead of the host.
+    const named = new Lock(ioredis({ host: '127.0.0.1', port: tlsPort, tls: { ca, servername: 'localhost' } }));
+    assert.ok(await named.acquire('tls-named'));
+    const misnamed = new Lock(ioredis({ host: '127.0.0.1', port: tlsPort, tls: { ca, servername: 'not-this-server.example' } }));
+    await assert.rejects(misnamed.acquire('tls-misnamed'), LockConnectionError, 'a certificate for another name is refused');
+    // Many calls at once over TLS, each with its own answer (the runtime transport, pipelined).
+    const answers = await Promise.all(Array.from({ length: 200 }, (_, i) => lock.acquire(`tls-many-${i}`, { ttl: 5000 })));
+    assert.equal(new Set(answers).size, 200);
+    assert.ok(answers.every((t) => typeof t === 'string'));
   } finally {
     await tlsServer.stop();
   }

@@ -293,7 +293,15 @@ function tlsSettings(tls) {
     cert: pem('redis.tls.cert', tls.cert),
     key: pem('redis.tls.key', tls.key),
     rejectUnauthorized: tls.rejectUnauthorized !== false,
+    servername: servername(tls.servername),
   };
+}
+
+/** `tls.servername`: the name the certificate must carry (SNI), if not the host. @param {unknown} value */
+function servername(value) {
+  if (value == null || value === '') return undefined;
+  if (typeof value !== 'string') throw typeError('redis.tls.servername', 'a string', value);
+  return value;
 }
 
 /**

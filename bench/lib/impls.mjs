@@ -13,6 +13,7 @@
 
 import { randomBytes } from 'node:crypto';
 import { createRequire } from 'node:module';
+import { pathToFileURL } from 'node:url';
 import { Redis } from 'ioredis';
 
 const require = createRequire(import.meta.url);
@@ -42,14 +43,19 @@ export class GaveUpError extends Error {}
 
 /** What `--impls` accepts for scenarios 1-4, in report order. */
 export const SINGLE_IMPLS = ['ioredis', 'v1', 'v2', 'redlock', 'redis-semaphore'];
-/** Also accepted (not run by default): v2 without fencing counters. */
-export const EXTRA_IMPLS = ['v2-nofence'];
+/**
+ * Also accepted (not run by default): v2 without fencing counters, and `v2-before`: another
+ * build of this package (a checkout of an earlier commit, built), from the directory in
+ * `SDL_BENCH_BEFORE`, to compare a change with what it replaces in one run.
+ */
+export const EXTRA_IMPLS = ['v2-nofence', 'v2-before'];
 
 export const LABELS = /** @type {Record<string, string>} */ ({
   ioredis: 'ioredis (SET NX PX + EVALSHA)',
   v1: 'v1 (simple-distributed-lock 1.x on ioredis)',
   v2: 'v2 (this package, Rust engine)',
   'v2-nofence': 'v2, fencing: false',
+  'v2-before': `v2 as built in ${process.env.SDL_BENCH_BEFORE ?? '$SDL_BENCH_BEFORE'}`,
   redlock: 'redlock 5.0.0-beta.2',
   'redis-semaphore': 'redis-semaphore 5 (Mutex)',
 });
@@ -70,7 +76,7 @@ export function ioredisClient(port, lazy = false) {
  * @returns {Promise<Impl>}
  */
 export async function createImpl(name, ports) {
-  if (ports.length > 1 && name !== 'v2' && name !== 'redlock') throw new Error(`${name} cannot run over ${ports.length} masters`);
+  if (ports.length > 1 && !name.startsWith('v2') && name !== 'redlock') throw new Error(`${name} cannot run over ${ports.length} masters`);
   switch (name) {
     case 'ioredis':
       return plainIoredis(ports[0]);
@@ -78,7 +84,8 @@ export async function createImpl(name, ports) {
       return v1(ports[0]);
     case 'v2':
     case 'v2-nofence':
-      return v2(ports, name === 'v2');
+    case 'v2-before':
+      return v2(ports, name);
     case 'redlock':
       return redlock(ports);
     case 'redis-semaphore':
@@ -148,9 +155,13 @@ async function v1(port) {
   };
 }
 
-/** @param {number[]} ports @param {boolean} fencing @returns {Promise<Impl>} */
-async function v2(ports, fencing) {
-  const { Lock } = await import('simple-distributed-lock');
+/** @param {number[]} ports @param {'v2' | 'v2-nofence' | 'v2-before'} name @returns {Promise<Impl>} */
+async function v2(ports, name) {
+  const fencing = name !== 'v2-nofence';
+  const before = process.env.SDL_BENCH_BEFORE;
+  if (name === 'v2-before' && !before) throw new Error('v2-before needs SDL_BENCH_BEFORE: the directory of another build');
+  /** @type {typeof import('simple-distributed-lock')} */
+  const { Lock } = await import(name === 'v2-before' ? pathToFileURL(`${before}/index.js`).href : 'simple-distributed-lock');
   let lost = 0;
   const onLockLost = () => void lost++;
   // As a v1 caller would: an ioredis instance (lazy, so it never opens a socket; the engine only
@@ -161,7 +172,7 @@ async function v2(ports, fencing) {
       : new Lock(ports.map((p) => `redis://127.0.0.1:${p}`), { onLockLost, fencing });
   await lock.isLocked('bench:warm-connection');
   return {
-    name: fencing ? 'v2' : 'v2-nofence',
+    name,
     redisKey: (resource) => `lock:${resource}`,
     acquire: (resource, ttl) => lock.acquire(resource, { ttl }),
     release: (resource, token) => lock.release(resource, token),

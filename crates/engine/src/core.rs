@@ -12,8 +12,7 @@
 //! waiting policy (`policy::wait`: hand-over, no barging, fairness), giving back grants nobody
 //! will hold, and cluster routing (slot map, MOVED/ASK, retries on TRYAGAIN/CLUSTERDOWN).
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -229,6 +228,8 @@ struct Op {
     started: Instant,
     /// Redlock: one tally of all masters; otherwise `None` (one request out).
     quorum: Option<Box<QuorumState>>,
+    /// Redlock acquire: its validity time (an entry in `dues`).
+    valid_until: Option<Instant>,
     /// Cluster: tries so far and the last moment to try again.
     tries: u8,
     give_up_at: Instant,
@@ -291,7 +292,8 @@ pub struct Core {
     /// A cluster request waiting to be tried again, by op.
     retries: HashMap<u64, (Tag, Request)>,
     next_op: u64,
-    dues: BinaryHeap<Reverse<(Instant, Due)>>,
+    /// Ordered by time; a Redlock acquire's entry goes when it is decided.
+    dues: BTreeSet<(Instant, Due)>,
     waits: WaitQueue<CallId, AcquireSpec>,
     /// Keys this Lock is releasing in the open, with waiters here, until the reply: a release
     /// heard meanwhile is its own echo (the reply decides who goes next, see `released_in_open`).
@@ -388,7 +390,7 @@ impl Core {
             ops: HashMap::new(),
             retries: HashMap::new(),
             next_op: REFRESH_OP + 1,
-            dues: BinaryHeap::new(),
+            dues: BTreeSet::new(),
             waits: WaitQueue::default(),
             open_releases: HashMap::new(),
             events: Vec::new(),
@@ -474,7 +476,7 @@ impl Core {
     /// The next moment `on_timer` has work.
     pub fn next_timer(&mut self) -> Option<Instant> {
         let conns = self.conns.iter().filter_map(Conn::next_timer).min();
-        let dues = self.dues.peek().map(|Reverse((at, _))| *at);
+        let dues = self.dues.first().map(|(at, _)| *at);
         let waits = self.waits.next_timer();
         [conns, dues, waits].into_iter().flatten().min()
     }
@@ -484,11 +486,11 @@ impl Core {
         for conn in &mut self.conns {
             conn.on_timer(now);
         }
-        while let Some(Reverse((at, due))) = self.dues.peek().copied() {
+        while let Some((at, due)) = self.dues.first().copied() {
             if at > now {
                 break;
             }
-            self.dues.pop();
+            self.dues.pop_first();
             match due {
                 Due::Validity(op) => self.validity_ran_out(op, now),
                 Due::Retry(op) => {
@@ -819,6 +821,7 @@ impl Core {
                 kind,
                 started: now,
                 quorum: None,
+                valid_until: None,
                 tries: 1,
                 give_up_at: now + self.command_timeout * u32::from(CLUSTER_TRIES),
             },
@@ -855,7 +858,10 @@ impl Core {
                 if is_acquire && let Some(ttl) = ttl {
                     // Redlock's validity: a majority reached later does not count.
                     let valid_until = deadline_at(now + ttl, ttl, self.drift_factor);
-                    self.dues.push(Reverse((valid_until, Due::Validity(op))));
+                    self.dues.insert((valid_until, Due::Validity(op)));
+                    if let Some(entry) = self.ops.get_mut(&op) {
+                        entry.valid_until = Some(valid_until);
+                    }
                 }
                 for member in 0..masters {
                     self.conns[member].submit(tag(op, member), request.clone(), now);
@@ -1002,6 +1008,9 @@ impl Core {
     /// Removes an op that ends, whichever way.
     fn end_op(&mut self, op_id: u64) -> Option<Op> {
         let op = self.ops.remove(&op_id)?;
+        if let Some(at) = op.valid_until {
+            self.dues.remove(&(at, Due::Validity(op_id)));
+        }
         if let OpKind::Release { key, open: true } = &op.kind
             && let Some(count) = self.open_releases.get_mut(key)
         {
@@ -1300,8 +1309,7 @@ impl Core {
         if let Some(last) = map.last_refresh
             && now < last + REFRESH_EVERY
         {
-            self.dues
-                .push(Reverse((last + REFRESH_EVERY, Due::Refresh)));
+            self.dues.insert((last + REFRESH_EVERY, Due::Refresh));
             return;
         }
         map.refreshing = true;
@@ -1340,7 +1348,7 @@ impl Core {
                 map.last_error = Some(err);
                 if !map.parked.is_empty() {
                     let at = now + CLUSTER_RETRY;
-                    self.dues.push(Reverse((at, Due::Refresh)));
+                    self.dues.insert((at, Due::Refresh));
                 }
             }
         }
@@ -1449,8 +1457,7 @@ impl Core {
                     self.refresh_slots(now);
                 }
                 self.retries.insert(op_id, (answer.tag, request));
-                self.dues
-                    .push(Reverse((now + CLUSTER_RETRY, Due::Retry(op_id))));
+                self.dues.insert((now + CLUSTER_RETRY, Due::Retry(op_id)));
             }
             _ => return false,
         }

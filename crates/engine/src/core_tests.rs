@@ -493,6 +493,24 @@ fn in_flight_requests_are_bounded_and_the_rest_wait_in_order() {
 }
 
 #[test]
+fn a_reply_that_does_not_fit_its_request_drops_the_socket() {
+    let mut h = Harness::single();
+    h.open_all();
+    h.core.call(1, Call::Exists { key: "a".into() }, h.now);
+    h.core.call(2, Call::Exists { key: "b".into() }, h.now);
+    let _ = h.commands(0);
+    // An unasked-for +OK came first: the replies are one behind their requests.
+    h.reply(0, b"+OK\r\n:1\r\n");
+    let done = h.done();
+    assert!(
+        matches!(&done[..], [(1, Outcome::Failed(a)), (2, Outcome::Failed(b))]
+        if a.kind() == ErrorKind::Redis && b.kind() == ErrorKind::Connection),
+        "{done:?}"
+    );
+    assert_eq!(h.core.live_epoch(0), None);
+}
+
+#[test]
 fn a_reply_nobody_asked_for_drops_the_socket() {
     let mut h = Harness::single();
     h.open_all();

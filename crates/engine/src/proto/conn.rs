@@ -630,12 +630,15 @@ impl Conn {
         let reply = sent.request.interpret(value);
         match sent.purpose {
             Purpose::Call(tag) => {
-                let outcome = match reply {
-                    Ok(reply) => Answered::Reply(reply),
-                    Err(why) => failed(EngineError::new(
-                        ErrorKind::Redis,
-                        format!("Redis at {target} gave an {why}"),
-                    )),
+                let (outcome, out_of_step) = match reply {
+                    Ok(reply) => (Answered::Reply(reply), false),
+                    Err(why) => {
+                        let err = EngineError::new(
+                            ErrorKind::Redis,
+                            format!("Redis at {target} gave an {why}"),
+                        );
+                        (failed(err), true)
+                    }
                 };
                 self.answers.push(Answer {
                     tag,
@@ -643,6 +646,12 @@ impl Conn {
                     outcome,
                     sent_at: Some(sent.sent_at),
                 });
+                if out_of_step {
+                    // A reply of the wrong shape: replies and requests may be out of step (a
+                    // reply nobody asked for came first), so none that follow can be trusted.
+                    let err = error::connection_failed(&target, "a reply did not fit its request");
+                    self.broken(err, now);
+                }
             }
             Purpose::Handshake => match reply {
                 Ok(Reply::Master(false)) => {
@@ -667,7 +676,12 @@ impl Conn {
                     self.handshake_failed(err, now);
                 }
             },
-            Purpose::Internal => {}
+            Purpose::Internal => {
+                if reply.is_err() {
+                    let err = error::connection_failed(&target, "a reply did not fit its request");
+                    self.broken(err, now);
+                }
+            }
         }
     }
 

@@ -272,7 +272,10 @@ impl Request {
                 },
                 _ => unexpected(&value),
             },
-            Request::LoadScript(_) => Ok(Reply::Done),
+            Request::LoadScript(_) => match value {
+                Value::BulkString(sha) if sha.len() == 40 => Ok(Reply::Done),
+                other => unexpected(&other),
+            },
             Request::ClusterSlots => slot_ranges(&value).map(Reply::Slots),
         }
     }
