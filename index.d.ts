@@ -24,9 +24,9 @@ export interface LockOptions {
    */
   onLockLost?: (info: LockLostInfo) => void | Promise<void>;
   /**
-   * v2: keep a fencing counter per resource so every acquire gets a fence (default: true). Each
-   * resource ever locked keeps one small counter key in Redis (see the README); turn this off
-   * for unbounded resource names if you do not use fences.
+   * v2: give every acquire a fence (default: true), from a counter per Redis Cluster slot and
+   * prefix (at most 16,384 small keys, however many resources; see the README). `false` writes
+   * only the lock key.
    */
   fencing?: boolean;
   /**
@@ -41,7 +41,7 @@ export interface LockOptions {
 export interface LockLostInfo {
   resource: string;
   token: string;
-  /** Why: `reason.kind` is 'not-owner', 'unreachable', 'expired' or 'closed'. */
+  /** Why: `reason.kind` is 'not-owner', 'unreachable', 'expired', 'max-hold-time' or 'closed'. */
   reason: LockLostError;
 }
 
@@ -78,6 +78,12 @@ export interface AcquireOptions {
    * with `LockReplicationError`.
    */
   replicas?: { count: number; timeout?: number };
+  /**
+   * v2, with `autoExtend`: stop auto-extending once the lock has been held this many ms; it then
+   * runs out its ttl, and the lease's signal aborts at its deadline with `reason.kind`
+   * 'max-hold-time' (`onLockLost` is told too). A bound for a holder that is stuck.
+   */
+  maxHoldTime?: number;
 }
 
 /** v2: a held lock. `await using lease = await lock.acquireLease(...)` releases it at scope end. */
@@ -99,6 +105,18 @@ export interface Lease {
   readonly expiresAt: number;
   /** Aborts, with a `LockLostError` as its reason, when the lock is lost. */
   readonly signal: AbortSignal;
+  /**
+   * v2: ms left before the lease's deadline, on the monotonic clock, read without any call into
+   * the engine: `0` once the deadline passed, the lock is known lost, or it was released. Check it
+   * right before each side effect: unlike `signal`, it cannot lag behind a paused process.
+   */
+  readonly remainingMs: number;
+  /**
+   * v2: throws, at once, the `LockLostError` that `signal.reason` holds or will hold when
+   * `remainingMs` is 0 (a deadline seen here first aborts the signal with it, kind 'expired';
+   * after a release, kind 'released'); returns otherwise.
+   */
+  throwIfLost(): void;
   /** Extend to `ttl` ms (default: the Lock's ttl). `false` if the lock was lost. */
   extend(ttl?: number): Promise<boolean>;
   /** Release. `false` if it had expired or belongs to someone else. */
@@ -275,9 +293,11 @@ export declare class LockLostError extends LockError {
   /**
    * 'not-owner': an extend found another owner or no key. 'unreachable': no extend succeeded
    * before the deadline. 'expired': a lease without autoExtend reached its deadline.
+   * 'max-hold-time': auto-extension stopped after maxHoldTime and the deadline passed.
+   * 'released': from `lease.throwIfLost()` after the lease was released.
    * 'closed': the Lock was closed while the lease was held.
    */
-  readonly kind: 'not-owner' | 'unreachable' | 'expired' | 'closed';
+  readonly kind: 'not-owner' | 'unreachable' | 'expired' | 'max-hold-time' | 'released' | 'closed';
 }
 
 declare global {

@@ -13,6 +13,7 @@ import { Lock, LockLostError, LockError } from 'simple-distributed-lock';
 import { RedisServer } from './helpers/redis-server.mjs';
 import { runWorkers } from './helpers/workers.mjs';
 import { writeWithFence } from './helpers/fenced-store.mjs';
+import { fenceKey, slot } from './helpers/fences.mjs';
 
 const require = createRequire(import.meta.url);
 /** @type {{ V1Lock: typeof import('./fixtures/v1-lock.cjs').V1Lock }} */
@@ -130,7 +131,7 @@ test('acquireLease: fields, extend moves expiresAt, release, and a release is no
   assert.equal(lease.resource, 'lease-fields');
   assert.equal(await raw.get('lock:lease-fields'), lease.token);
   assert.ok(Number.isInteger(lease.fence) && /** @type {number} */ (lease.fence) >= 1);
-  assert.equal(Number(await raw.get('{lock:lease-fields}:fence')), lease.fence);
+  assert.equal(Number(await raw.get(fenceKey('lock:lease-fields'))), lease.fence);
   const first = lease.expiresAt;
   assert.ok(first > Date.now() + 1800 && first <= Date.now() + 2000, `${first - Date.now()}`);
   await sleep(300);
@@ -219,8 +220,10 @@ test('fences keep increasing after the lock key expired', async () => {
   const second = await lock.acquireLease('fence-expiry', { ttl: 50 });
   assert.ok(second && /** @type {number} */ (second.fence) > /** @type {number} */ (first.fence));
   const braces = await lock.acquireLease('user:{42}:cart');
-  assert.equal(braces?.fence, 1, 'a resource with braces gets its own counter');
-  assert.equal(await raw.get('{42}:fence:lock:user:{42}:cart'), '1', 'in the hash slot of the lock key');
+  const counter = fenceKey('lock:user:{42}:cart');
+  assert.equal(slot(counter), slot('lock:user:{42}:cart'), 'the counter is in the hash slot of the lock key');
+  assert.equal(await raw.get(counter), String(braces?.fence));
+  assert.equal(await raw.ttl(counter), -1, 'a counter per slot, shared by its resources, is kept');
 });
 
 test('a holder paused past its ttl (SIGSTOP) cannot write to a store that checks fences', async () => {
@@ -345,10 +348,11 @@ test('close: aborts the signals of held leases', async () => {
 
 test('fencing: false keeps no counter and gives null fences', async () => {
   const lock = new Lock(server.url, { fencing: false });
+  const keysBefore = await raw.dbsize();
   const lease = await lock.acquireLease('unfenced');
   assert.ok(lease);
   assert.equal(lease.fence, null);
-  assert.equal(await raw.exists('{lock:unfenced}:fence'), 0);
+  assert.equal(await raw.dbsize(), keysBefore + 1, 'only the lock key was written');
 });
 
 test('waiters that time out, give up or are aborted under contention leave no lock behind', async () => {

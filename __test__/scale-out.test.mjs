@@ -12,6 +12,7 @@ import { Lock, LockError } from 'simple-distributed-lock';
 import { RedisServer } from './helpers/redis-server.mjs';
 import { startCluster, startSentinelGroup } from './helpers/topology.mjs';
 import { runWorkers } from './helpers/workers.mjs';
+import { fenceKey, slot } from './helpers/fences.mjs';
 
 describe('Redis Cluster', () => {
   /** @type {import('./helpers/topology.mjs').ClusterTopology} */
@@ -56,13 +57,35 @@ describe('Redis Cluster', () => {
     for (const resource of resources) {
       const lease = await lock.acquireLease(resource, { ttl: 5000 });
       assert.ok(lease, resource);
-      assert.equal(lease.fence, 1);
+      assert.ok(/** @type {number} */ (lease.fence) >= 1, resource);
       assert.equal(await check.get(`app:lock:${resource}`), lease.token);
+      // The fencing counter of the lock key's slot, on its master, holds the fence just taken.
+      const counter = fenceKey(`app:lock:${resource}`, 'app:lock:');
+      assert.equal(slot(counter), slot(`app:lock:${resource}`));
+      assert.equal(Number(await check.get(counter)), lease.fence, resource);
       masters.add(await cluster.masterForKey(`app:lock:${resource}`));
       assert.equal(await lock.acquire(resource), null);
       assert.equal(await lease.release(), true);
     }
     assert.equal(masters.size, 3);
+    await lock.close();
+  });
+
+  test('2,000 using() on distinct resources leave nothing per resource: at most one counter per slot', async () => {
+    const lock = new Lock({ cluster: cluster.startupNodes.map((n) => `redis://${n.host}:${n.port}`) }, { prefix: 'hygiene:' });
+    const ttl = 300;
+    for (let i = 0; i < 2000; i += 100) {
+      await Promise.all(Array.from({ length: 100 }, (_, j) => lock.using(`order:${i + j}`, async () => {}, { ttl })));
+    }
+    await sleep(2 * ttl);
+    const check = cluster.ioredisCluster();
+    await check.get('connect'); // the slot map, so that nodes() lists every master
+    const keys = (await Promise.all(check.nodes('master').map((node) => node.keys('*')))).flat();
+    const perResource = keys.filter((k) => k.includes('order:'));
+    assert.deepEqual(perResource, [], 'no key left per resource');
+    const counters = keys.filter((k) => k.endsWith(':fence:hygiene:'));
+    assert.ok(counters.length > 0 && counters.length <= 2000, `${counters.length} counters`);
+    for (const counter of counters) assert.match(counter, /^\{[0-9a-f]+\}:fence:hygiene:$/);
     await lock.close();
   });
 

@@ -109,14 +109,17 @@ class LockAcquireError extends LockError {
 /**
  * A held lock was lost: `signal.reason` of a lease, and `info.reason` of `onLockLost`.
  * `kind`: 'not-owner' (an extend found another owner or no key), 'unreachable' (no extend
- * succeeded before the deadline), 'expired' (a lease without autoExtend reached its deadline),
- * 'closed' (the Lock was closed while the lease was held).
+ * succeeded before the deadline), 'expired' (the deadline passed: a lease without autoExtend, or
+ * seen by `lease.throwIfLost()` before any extend was known to succeed), 'max-hold-time'
+ * (auto-extension stopped after maxHoldTime and the deadline passed), 'released' (from
+ * `lease.throwIfLost()` after the lease was released), 'closed' (the Lock was closed while the
+ * lease was held).
  */
 class LockLostError extends LockError {
   /**
    * @param {string} resource
    * @param {string} token
-   * @param {'not-owner' | 'unreachable' | 'expired' | 'closed'} kind
+   * @param {'not-owner' | 'unreachable' | 'expired' | 'max-hold-time' | 'released' | 'closed'} kind
    * @param {string} detail
    */
   constructor(resource, token, kind, detail) {
@@ -126,7 +129,7 @@ class LockLostError extends LockError {
     this.resource = resource;
     /** @type {string} */
     this.token = token;
-    /** @type {'not-owner' | 'unreachable' | 'expired' | 'closed'} */
+    /** @type {'not-owner' | 'unreachable' | 'expired' | 'max-hold-time' | 'released' | 'closed'} */
     this.kind = kind;
   }
 }

@@ -1,6 +1,9 @@
 'use strict';
 // A held lock as an object: what `acquireLease` returns and what `using` hands to its callback.
 
+const { performance } = require('node:perf_hooks');
+const { LockLostError } = require('./errors');
+
 const asyncDispose = Symbol.asyncDispose ?? Symbol.for('nodejs.asyncDispose');
 
 /**
@@ -10,29 +13,43 @@ const asyncDispose = Symbol.asyncDispose ?? Symbol.for('nodejs.asyncDispose');
  * @property {(token: string) => number | null} timeLeftMs
  */
 
+/**
+ * What the Lock and the Lease share about a held lease.
+ * @typedef {object} LeaseState
+ * @property {string} resource
+ * @property {AbortController} controller
+ * @property {number} deadline `performance.now()` ms until which the lock is known to be held;
+ *   moves with each extend known to have succeeded (the engine tells of auto-extensions)
+ * @property {number} lastSentAt `performance.now()` send time of the extend that set `deadline`:
+ *   a later extend decides the TTL (shorter too), an earlier one answering late does not
+ * @property {boolean} released
+ */
+
 class Lease {
   #owner;
   #expiresAt;
+  /** @type {LeaseState} */
+  #state;
 
   /**
    * @param {LeaseOwner} owner
-   * @param {string} resource
+   * @param {LeaseState} state
    * @param {string} token
    * @param {number | null} fence
    * @param {number} expiresAt
-   * @param {AbortSignal} signal
    */
-  constructor(owner, resource, token, fence, expiresAt, signal) {
+  constructor(owner, state, token, fence, expiresAt) {
     this.#owner = owner;
+    this.#state = state;
     this.#expiresAt = expiresAt;
     /** The resource name given to acquire. */
-    this.resource = resource;
+    this.resource = state.resource;
     /** The owner token (32 hex characters). */
     this.token = token;
     /** The fencing token: strictly increasing per resource across all clients; null if fencing is off. */
     this.fence = fence;
     /** Aborts with a LockLostError when the lock is lost. */
-    this.signal = signal;
+    this.signal = state.controller.signal;
     Object.freeze(this);
   }
 
@@ -46,6 +63,29 @@ class Lease {
     const left = this.#owner.timeLeftMs(this.token);
     if (left !== null) this.#expiresAt = Date.now() + Math.floor(left);
     return this.#expiresAt;
+  }
+
+  /**
+   * Ms left before the deadline, on the monotonic clock, without a call into the engine: 0 once
+   * it passed, the lock is known lost, or it was released.
+   * @returns {number}
+   */
+  get remainingMs() {
+    const state = this.#state;
+    if (state.released || state.controller.signal.aborted) return 0;
+    return Math.max(0, state.deadline - performance.now());
+  }
+
+  /** Throws the LockLostError that `signal.reason` holds or will hold once `remainingMs` is 0. */
+  throwIfLost() {
+    if (this.remainingMs > 0) return;
+    const { controller } = this.#state;
+    if (controller.signal.aborted) throw controller.signal.reason;
+    if (this.#state.released) throw new LockLostError(this.resource, this.token, 'released', 'it was released');
+    // The deadline passed before any extend was known to succeed: nobody can trust it any more.
+    const error = new LockLostError(this.resource, this.token, 'expired', 'its deadline passed');
+    controller.abort(error);
+    throw error;
   }
 
   /** @param {number} [ttl] ms; defaults to the Lock's ttl @returns {Promise<boolean>} */

@@ -3,6 +3,7 @@
 // wraps; the engine does the work (tokens, SET NX PX, fences, scripts, waiting, auto-extension,
 // deadlines).
 
+const { performance } = require('node:perf_hooks');
 const { NativeLocker } = require('./native');
 const { BY_CODE, fromNative, LockAcquireError, LockLostError } = require('./errors');
 const { resolveConnection } = require('./connection');
@@ -15,6 +16,7 @@ const DEFAULT_RETRY_DELAY_MS = 200;
 
 const asyncDispose = Symbol.asyncDispose ?? Symbol.for('nodejs.asyncDispose');
 const onLost = Symbol('onLost');
+const onExtended = Symbol('onExtended');
 
 /**
  * Lost-lease notifications come from the engine with the Lock's id, not with the Lock itself:
@@ -32,12 +34,7 @@ let nextLockId = 1;
  * @property {boolean} autoExtend
  * @property {import('./native/native').WaitSettings | null} wait null: v1's single attempt
  * @property {AbortSignal | undefined} signal
- */
-
-/**
- * @typedef {object} HeldLease
- * @property {string} resource
- * @property {AbortController} controller
+ * @property {number | undefined} maxHold ms
  */
 
 class Lock {
@@ -48,8 +45,9 @@ class Lock {
   #ttl;
   /** @type {Function | undefined} */
   #onLockLost;
-  /** Leases handed out by acquireLease/using, by token, until released or lost. @type {Map<string, HeldLease>} */
+  /** Leases handed out by acquireLease/using, by token, until released or lost. @type {Map<string, import('./lease').LeaseState>} */
   #leases = new Map();
+  #driftFactor;
   #nextCancelId = 1;
   #closed = false;
 
@@ -64,11 +62,18 @@ class Lock {
     this.#onLockLost = validate.optionalCallback('onLockLost', opts.onLockLost);
     const fencing = validate.flag('fencing', opts.fencing, true);
     const driftFactor = validate.fraction('driftFactor', opts.driftFactor, 0.01);
+    this.#driftFactor = driftFactor;
     const { topology, keyPrefix } = resolveConnection(redis, opts);
     this.#keyPrefix = keyPrefix + prefix;
     const id = nextLockId++;
     try {
-      this.#native = new NativeLocker(topology, { fencing, driftFactor }, BY_CODE, (lost) => dispatchLost(id, ...lost));
+      this.#native = new NativeLocker(
+        topology,
+        { fencing, driftFactor, keyPrefix: this.#keyPrefix, clockOriginMs: performance.now() },
+        BY_CODE,
+        (lost) => dispatchLost(id, ...lost),
+        (extended) => dispatchExtended(id, extended),
+      );
     } catch (err) {
       throw fromNative(err);
     }
@@ -90,9 +95,9 @@ class Lock {
       const key = this.#keyPrefix + validate.resourceName(resource);
       const o = this.#acquireSettings(opts);
       if (o.signal) {
-        return this.#withSignal(key, o.signal, (cancelId) => this.#native.acquire(key, o.ttl, o.autoExtend, o.wait, cancelId));
+        return this.#withSignal(key, o.signal, (cancelId) => this.#native.acquire(key, o.ttl, o.autoExtend, o.wait, cancelId, o.maxHold));
       }
-      return this.#native.acquire(key, o.ttl, o.autoExtend, o.wait, 0);
+      return this.#native.acquire(key, o.ttl, o.autoExtend, o.wait, 0, o.maxHold);
     } catch (err) {
       return Promise.reject(fromNative(err));
     }
@@ -109,13 +114,14 @@ class Lock {
     const key = this.#keyPrefix + name;
     const o = this.#acquireSettings(opts);
     const grant = await this.#withSignal(key, o.signal, (cancelId) =>
-      this.#native.acquireLease(key, o.ttl, o.autoExtend, o.wait, cancelId),
+      this.#native.acquireLease(key, o.ttl, o.autoExtend, o.wait, cancelId, o.maxHold),
     );
     if (grant === null) return null;
-    const controller = new AbortController();
-    this.#leases.set(grant.token, { resource: name, controller });
+    /** @type {import('./lease').LeaseState} */
+    const state = { resource: name, controller: new AbortController(), deadline: grant.deadline, lastSentAt: -Infinity, released: false };
+    this.#leases.set(grant.token, state);
     const expiresAt = Date.now() + Math.floor(grant.validForMs);
-    return new Lease(this.#leaseOwner, name, grant.token, grant.fence ?? null, expiresAt, controller.signal);
+    return new Lease(this.#leaseOwner, state, grant.token, grant.fence ?? null, expiresAt);
   }
 
   /**
@@ -127,7 +133,11 @@ class Lock {
     try {
       const key = this.#keyPrefix + validate.resourceName(resource);
       const owner = validate.ownerToken(token);
-      if (this.#leases.size > 0) this.#leases.delete(owner);
+      if (this.#leases.size > 0) {
+        const lease = this.#leases.get(owner);
+        if (lease) lease.released = true;
+        this.#leases.delete(owner);
+      }
       return this.#native.release(key, owner);
     } catch (err) {
       return Promise.reject(fromNative(err));
@@ -144,7 +154,19 @@ class Lock {
     try {
       const key = this.#keyPrefix + validate.resourceName(resource);
       const owner = validate.ownerToken(token);
-      return this.#native.extend(key, owner, validate.milliseconds('ttl', ttl, this.#ttl));
+      const ms = validate.milliseconds('ttl', ttl, this.#ttl);
+      const lease = this.#leases.size > 0 ? this.#leases.get(owner) : undefined;
+      if (!lease) return this.#native.extend(key, owner, ms);
+      // A lease's deadline counts from the send time, as the engine's does.
+      const sentAt = performance.now();
+      return this.#native.extend(key, owner, ms).then((extended) => {
+        if (extended && sentAt >= lease.lastSentAt) {
+          // PEXPIRE set the TTL: the deadline moves to this extend's, earlier too.
+          lease.lastSentAt = sentAt;
+          lease.deadline = sentAt + ms - Math.min(ms, ms * this.#driftFactor + 2);
+        }
+        return extended;
+      });
     } catch (err) {
       return Promise.reject(fromNative(err));
     }
@@ -222,6 +244,21 @@ class Lock {
     if (autoExtended && this.#onLockLost) callSafely(this.#onLockLost, { resource, token, reason: error });
   }
 
+  /**
+   * Called (through dispatchExtended) when auto-extension moved the deadlines of leases.
+   * @param {Array<[string, number, number]>} extended [token, send time, deadline], on
+   *   performance.now()'s clock
+   */
+  [onExtended](extended) {
+    for (const [token, sentAt, deadline] of extended) {
+      const lease = this.#leases.get(token);
+      if (lease && sentAt >= lease.lastSentAt) {
+        lease.lastSentAt = sentAt;
+        lease.deadline = deadline;
+      }
+    }
+  }
+
   /** What a Lease may do with its Lock. */
   #leaseOwner = {
     extend: (/** @type {string} */ resource, /** @type {string} */ token, /** @type {number | undefined} */ ttl) =>
@@ -245,6 +282,7 @@ class Lock {
     const retryJitter = validate.delay('retryJitter', o.retryJitter, 0);
     const replicas = replicaAck(o.replicas);
     const signal = validate.abortSignal('signal', o.signal);
+    const maxHold = o.maxHoldTime == null ? undefined : validate.milliseconds('maxHoldTime', o.maxHoldTime, 0);
     const single = retryCount === 0 && waitTimeout === undefined && replicas === undefined;
     return {
       ttl,
@@ -260,6 +298,7 @@ class Lock {
             replicasTimeoutMs: replicas?.timeout,
           },
       signal,
+      maxHold,
     };
   }
 
@@ -307,6 +346,15 @@ function replicaAck(value) {
   const count = validate.retryCount(o.count, 'replicas.count');
   if (count === Infinity || count < 1) throw validate.rangeError('replicas.count', 'a positive integer', o.count);
   return { count, timeout: validate.milliseconds('replicas.timeout', o.timeout, 1000) };
+}
+
+/** @param {number} lockId @param {Array<[string, number, number]>} extended */
+function dispatchExtended(lockId, extended) {
+  try {
+    locksById.get(lockId)?.deref()?.[onExtended](extended);
+  } catch (err) {
+    warn('recording an extended lease failed', err);
+  }
 }
 
 /**

@@ -17,7 +17,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
@@ -33,12 +33,16 @@ use lane::Lane;
 pub use settings::{
     ConnectionSettings, LockerSettings, TlsSettings, TopologySettings, WaitSettings,
 };
-use settle::{Expect, LaneEvent, Settler};
+use settle::{Clock, Expect, LaneEvent, Settler};
 
 /// (key, token, reason code, message, auto-extended) of a lost lease, for the facade.
 type LostArgs = (String, String, String, String, bool);
 /// Weak: a pending notification never keeps the process alive.
 type LostNotifier = ThreadsafeFunction<LostArgs, (), LostArgs, Status, false, true>;
+/// (token, the extend's send time, the new deadline), on the JS clock, of the watched leases an
+/// auto-extension moved.
+type ExtendedArgs = Vec<(String, f64, f64)>;
+type ExtendedNotifier = ThreadsafeFunction<ExtendedArgs, (), ExtendedArgs, Status, false, true>;
 
 /// The lock operations of one Lock. The JS `Lock` class wraps this.
 #[napi]
@@ -54,11 +58,13 @@ pub struct NativeLocker {
 #[napi]
 impl NativeLocker {
     /// Creates the locker; connects lazily on the first operation. `onLost` receives
-    /// `[key, token, reason, message, autoExtended]` once for each tracked lease that is lost.
+    /// `[key, token, reason, message, autoExtended]` once for each tracked lease that is lost;
+    /// `onExtended` receives `[token, sentAt, deadline][]` for the watched leases (`acquireLease`)
+    /// that an auto-extension moved, on the clock of `options.clockOriginMs`.
     #[napi(
         constructor,
         catch_unwind,
-        ts_args_type = "topology: TopologySettings, options: LockerSettings, errorClasses: Record<string, new (message: string) => Error>, onLost: (lost: [key: string, token: string, reason: 'not-owner' | 'unreachable' | 'expired', message: string, autoExtended: boolean]) => void"
+        ts_args_type = "topology: TopologySettings, options: LockerSettings, errorClasses: Record<string, new (message: string) => Error>, onLost: (lost: [key: string, token: string, reason: 'not-owner' | 'unreachable' | 'expired' | 'max-hold-time', message: string, autoExtended: boolean]) => void, onExtended: (extended: Array<[token: string, sentAt: number, deadline: number]>) => void"
     )]
     pub fn new(
         env: &Env,
@@ -66,10 +72,12 @@ impl NativeLocker {
         options: LockerSettings,
         error_classes: Object,
         on_lost: Function<'_, LostArgs, ()>,
+        on_extended: Function<'_, ExtendedArgs, ()>,
     ) -> Result<Self> {
         // SAFETY: a constructor call from JS: the env is live and this is its JS thread.
         let js = unsafe { JsEnv::new(env.raw()) };
-        let settler = Settler::new(js, error_classes.raw())?;
+        let clock = Clock::new(options.clock_origin_ms.unwrap_or(0.0));
+        let settler = Settler::new(js, error_classes.raw(), clock)?;
         let topology = topology.into_topology()?;
         let drift_factor = options.drift_factor()?;
         let notifier: LostNotifier = on_lost
@@ -80,6 +88,21 @@ impl NativeLocker {
         let on_lost = Arc::new(move |lease: LostLease| {
             // Fails only while Node shuts down, when nobody is left to tell.
             let _ = notifier.call(lost_args(lease), ThreadsafeFunctionCallMode::NonBlocking);
+        });
+        let extended: ExtendedNotifier = on_extended
+            .build_threadsafe_function()
+            .weak::<true>()
+            .callee_handled::<false>()
+            .build()?;
+        let on_extended = Arc::new(move |moved: Vec<(String, Instant, Instant)>| {
+            let moved = moved
+                .into_iter()
+                .map(|(token, sent_at, deadline)| {
+                    (token, clock.js_ms(sent_at), clock.js_ms(deadline))
+                })
+                .collect();
+            // As above.
+            let _ = extended.call(moved, ThreadsafeFunctionCallMode::NonBlocking);
         });
         let on_lane = lane::usable(&topology);
         let poster = settler.poster();
@@ -94,7 +117,9 @@ impl NativeLocker {
             topology,
             LockerOptions {
                 fencing: options.fencing.unwrap_or(true),
+                key_prefix: options.key_prefix.clone().unwrap_or_default(),
                 on_lost: Some(on_lost),
+                on_extended: Some(on_extended),
                 drift_factor,
                 runtime: Some(runtime),
                 transport,
@@ -123,8 +148,10 @@ impl NativeLocker {
     }
 
     /// Takes the lock. Resolves to the token, or `null`. `wait` is absent for a single attempt;
-    /// `cancelId` 0 means not cancellable, else `cancel(cancelId)` stops the wait.
+    /// `cancelId` 0 means not cancellable, else `cancel(cancelId)` stops the wait; `maxHoldMs`:
+    /// auto-extension stops once the lock has been held that long.
     #[napi(catch_unwind, ts_return_type = "Promise<string | null>")]
+    #[allow(clippy::too_many_arguments)]
     pub fn acquire<'env>(
         &self,
         env: &'env Env,
@@ -133,23 +160,23 @@ impl NativeLocker {
         auto_extend: bool,
         wait: Option<WaitSettings>,
         cancel_id: u32,
+        max_hold_ms: Option<u32>,
     ) -> Result<PromiseRaw<'env, Option<String>>> {
-        self.take(
-            env,
-            key,
-            ttl_ms,
+        let lease = Leasing {
             auto_extend,
-            wait,
-            cancel_id,
-            Expect::Token,
-        )
+            max_hold_ms,
+            expect: Expect::Token,
+        };
+        self.take(env, key, ttl_ms, lease, wait, cancel_id)
     }
 
-    /// Like `acquire`, and watches the lease so its loss is reported; resolves to a grant.
+    /// Like `acquire`, and watches the lease so its loss is reported; resolves to a grant
+    /// (`deadline` on the clock of `options.clockOriginMs`).
     #[napi(
         catch_unwind,
-        ts_return_type = "Promise<{ token: string, fence: number | null, validForMs: number } | null>"
+        ts_return_type = "Promise<{ token: string, fence: number | null, validForMs: number, deadline: number } | null>"
     )]
+    #[allow(clippy::too_many_arguments)]
     pub fn acquire_lease<'env>(
         &self,
         env: &'env Env,
@@ -158,16 +185,14 @@ impl NativeLocker {
         auto_extend: bool,
         wait: Option<WaitSettings>,
         cancel_id: u32,
+        max_hold_ms: Option<u32>,
     ) -> Result<PromiseRaw<'env, Option<String>>> {
-        self.take(
-            env,
-            key,
-            ttl_ms,
+        let lease = Leasing {
             auto_extend,
-            wait,
-            cancel_id,
-            Expect::Grant,
-        )
+            max_hold_ms,
+            expect: Expect::Grant,
+        };
+        self.take(env, key, ttl_ms, lease, wait, cancel_id)
     }
 
     /// Stops the waiting acquire registered under `cancelId`, if it still waits.
@@ -246,17 +271,30 @@ impl NativeLocker {
 
 impl NativeLocker {
     /// `acquire` and `acquireLease`.
-    #[allow(clippy::too_many_arguments)]
     fn take<'env, T>(
         &self,
         env: &'env Env,
         key: String,
         ttl_ms: u32,
-        auto_extend: bool,
+        lease: Leasing,
         wait: Option<WaitSettings>,
         cancel_id: u32,
-        expect: Expect,
     ) -> Result<PromiseRaw<'env, T>> {
+        let Leasing {
+            auto_extend,
+            max_hold_ms,
+            expect,
+        } = lease;
+        let max_hold = match max_hold_ms {
+            None => None,
+            Some(0) => {
+                return Err(invalid_arg(
+                    "maxHoldTime",
+                    "must be a positive integer of ms",
+                ));
+            }
+            Some(ms) => Some(Duration::from_millis(u64::from(ms))),
+        };
         let (retry, replicas) = match wait {
             None => (None, None),
             Some(wait) => wait_policy(wait)?,
@@ -267,6 +305,7 @@ impl NativeLocker {
             auto_extend,
             watch: expect == Expect::Grant,
             replicas,
+            max_hold,
         };
         let id = self.locker.next_call_id();
         if cancel_id != 0 {
@@ -329,6 +368,13 @@ impl Drop for NativeLocker {
     }
 }
 
+/// How an acquire holds what it takes.
+struct Leasing {
+    auto_extend: bool,
+    max_hold_ms: Option<u32>,
+    expect: Expect,
+}
+
 /// The core, locked (a panic while it was locked is a bug; its state is still the best there is).
 pub(crate) fn lock_core(locker: &Locker) -> MutexGuard<'_, Core> {
     lock(locker.core())
@@ -347,6 +393,10 @@ fn lost_args(lease: LostLease) -> LostArgs {
             "another owner holds it, or it expired".to_owned(),
         ),
         LostReason::Expired => ("expired", "its ttl ran out".to_owned()),
+        LostReason::MaxHoldTime => (
+            "max-hold-time",
+            "it was held for maxHoldTime, so auto-extension stopped and its ttl ran out".to_owned(),
+        ),
         LostReason::Unreachable(err) => (
             "unreachable",
             format!(

@@ -33,6 +33,11 @@ pub struct LockerSettings {
     pub fencing: Option<bool>,
     /// Share of the ttl set aside for clock drift (default 0.01).
     pub drift_factor: Option<f64>,
+    /// What every key of the Lock starts with (ioredis keyPrefix + prefix): it names the
+    /// fencing counters.
+    pub key_prefix: Option<String>,
+    /// `performance.now()` when the Lock was made: deadlines go to JS on that clock.
+    pub clock_origin_ms: Option<f64>,
 }
 
 impl LockerSettings {

@@ -26,12 +26,40 @@ use sdl_engine::{CallId, EngineError, EngineResult, Outcome};
 use crate::errors::code_and_message;
 use crate::js::{AsyncScope, Deferred, JsEnv};
 
+/// Node's monotonic clock (`performance.now()`) beside the engine's: an `Instant` in JS ms.
+///
+/// Both are the OS's monotonic clock. The origin pair is read JS first, engine second, so the
+/// engine's origin is a little later than the true match: deadlines come out a little early in
+/// JS, never late.
+#[derive(Clone, Copy)]
+pub(crate) struct Clock {
+    origin: Instant,
+    origin_js_ms: f64,
+}
+
+impl Clock {
+    pub(crate) fn new(origin_js_ms: f64) -> Self {
+        Self {
+            origin: Instant::now(),
+            origin_js_ms,
+        }
+    }
+
+    pub(crate) fn js_ms(&self, at: Instant) -> f64 {
+        match at.checked_duration_since(self.origin) {
+            Some(after) => self.origin_js_ms + after.as_secs_f64() * 1000.0,
+            None => self.origin_js_ms - self.origin.duration_since(at).as_secs_f64() * 1000.0,
+        }
+    }
+}
+
 /// What the JS side expects of a call's outcome.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Expect {
     /// `acquire`: the token or `null`.
     Token,
-    /// `acquireLease`: `{ token, fence, validForMs }` or `null`.
+    /// `acquireLease`: `{ token, fence, validForMs, deadline }` or `null` (`deadline` on the JS
+    /// monotonic clock, see `Clock`).
     Grant,
     Flag,
 }
@@ -132,11 +160,12 @@ pub(crate) struct Settler {
     /// What to let go once nothing is pending (the Lock was collected meanwhile).
     abandoned: RefCell<Option<Box<dyn FnOnce()>>>,
     lane_handler: RefCell<Option<LaneHandler>>,
+    clock: Clock,
 }
 
 impl Settler {
     /// `classes`: the facade's `{ [code]: ErrorClass }`.
-    pub(crate) fn new(env: JsEnv, classes: sys::napi_value) -> Result<Rc<Self>> {
+    pub(crate) fn new(env: JsEnv, classes: sys::napi_value, clock: Clock) -> Result<Rc<Self>> {
         let classes = env.reference(classes)?;
         let shared = Arc::new(Shared {
             tsfn: AtomicPtr::new(ptr::null_mut()),
@@ -153,6 +182,7 @@ impl Settler {
             shared: shared.clone(),
             abandoned: RefCell::new(None),
             lane_handler: RefCell::new(None),
+            clock,
         });
         // The thread-safe function holds one count on the settler, given back in `finalize`.
         let context = Rc::into_raw(settler.clone()) as *mut c_void;
@@ -297,14 +327,19 @@ impl Settler {
                     Some(fence) => env.number(fence as f64),
                     None => env.null(),
                 };
+                let deadline = env.number(self.clock.js_ms(grant.deadline));
                 match (
                     env.string(&grant.token),
                     fence,
                     env.number(left.as_secs_f64() * 1000.0),
+                    deadline,
                 ) {
-                    (Ok(token), Ok(fence), Ok(left)) => {
-                        env.object(&[(c"token", token), (c"fence", fence), (c"validForMs", left)])
-                    }
+                    (Ok(token), Ok(fence), Ok(left), Ok(deadline)) => env.object(&[
+                        (c"token", token),
+                        (c"fence", fence),
+                        (c"validForMs", left),
+                        (c"deadline", deadline),
+                    ]),
                     _ => Err(Error::from_reason("cannot make the grant")),
                 }
             }

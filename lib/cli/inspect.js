@@ -29,7 +29,7 @@ async function status(a, lock, out, err) {
   /** @type {import('./probe').Details | null} */
   let details = null;
   if (a.target.kind === 'single') {
-    details = await lockDetails(/** @type {string} */ (a.target.spec), a.prefix + resource).catch(() => null);
+    details = await lockDetails(/** @type {string} */ (a.target.spec), a.prefix, resource).catch(() => null);
     // Between the two queries the lock may have changed hands; the library's answer stands.
     if (details && held !== (details.token !== null)) details = { ttlMs: null, token: null, fence: details.fence };
   }

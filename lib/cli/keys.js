@@ -1,24 +1,21 @@
 // @ts-check
 'use strict';
 // Where the engine keeps a lock's fencing counter, for `status`. This mirrors
-// crates/engine/src/keys.rs (`fence_key`) and is the one place to change when that layout
-// changes (issue 12 will change fences):
-// - a key without braces: `{<lock key>}:fence`;
-// - a key with a hash tag `{tag}`: `{tag}:fence:<lock key>`;
-// - a key with braces but no valid tag: `{t}:fence:<lock key>`, with a short tag `t` chosen to
-//   hash to the lock key's Cluster slot (the first of 0, 1, 2, ... in hex that does).
+// crates/engine/src/keys.rs (`fence_key`), the one place to change with that layout:
+// one counter per Cluster slot and key prefix, `{t}:fence:<prefix>`, where `t` is a short tag
+// chosen to hash to the lock key's slot (the first of 0, 1, 2, ... in hex that does). The
+// counter is shared by the resources of a slot: the holder's fence is at most its value.
 
 const SLOTS = 16384;
 
 /**
- * The fencing counter's key for the lock at `lockKey` (prefix + resource).
+ * The fencing counter's key for the lock at `lockKey` (`prefix` + resource).
  * @param {string} lockKey
+ * @param {string} prefix
  * @returns {string}
  */
-function fenceKey(lockKey) {
-  if (lockKey !== '' && !/[{}]/.test(lockKey)) return `{${lockKey}}:fence`;
-  const tag = hashTag(lockKey) ?? slotTags()[slot(lockKey)];
-  return `{${tag}}:fence:${lockKey}`;
+function fenceKey(lockKey, prefix) {
+  return `{${slotTags()[slot(lockKey)]}}:fence:${prefix}`;
 }
 
 /** The text between the first `{` and the next `}`, if not empty. @param {string} key */

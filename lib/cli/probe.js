@@ -15,13 +15,15 @@ const { fenceKey } = require('./keys');
 /** @typedef {{ ttlMs: number | null, token: string | null, fence: number | null }} Details */
 
 /**
- * PTTL and holder of the lock at `key`, and its fencing counter; null if `url` is not one server.
- * @param {string} url @param {string} key @param {number} [timeoutMs]
+ * PTTL and holder of the lock on `resource`, and its slot's fencing counter (the holder's fence is
+ * at most that); null if `url` is not one server.
+ * @param {string} url @param {string} prefix @param {string} resource @param {number} [timeoutMs]
  * @returns {Promise<Details | null>}
  */
-async function lockDetails(url, key, timeoutMs = 1000) {
+async function lockDetails(url, prefix, resource, timeoutMs = 1000) {
   if (/^rediss?\+sentinel:/.test(url)) return null;
-  const [pttl, token, fence] = await query(fromUrl(url).settings, [['PTTL', key], ['GET', key], ['GET', fenceKey(key)]], timeoutMs);
+  const key = prefix + resource;
+  const [pttl, token, fence] = await query(fromUrl(url).settings, [['PTTL', key], ['GET', key], ['GET', fenceKey(key, prefix)]], timeoutMs);
   for (const reply of [pttl, token, fence]) if (reply instanceof Error) throw reply;
   const ttl = Number(pttl);
   return {

@@ -168,7 +168,7 @@ async function conflict(a, report, waitedMs) {
   /** @type {import('./probe').Details | null} */
   let details = null;
   if (a.target.kind === 'single') {
-    details = await lockDetails(/** @type {string} */ (a.target.spec), a.prefix + resource).catch(() => null);
+    details = await lockDetails(/** @type {string} */ (a.target.spec), a.prefix, resource).catch(() => null);
   }
   const about = details ? holder(details) : '';
   const what = a.wait === undefined ? `the lock on "${resource}" is held by another owner` : `the lock on "${resource}" is still held after waiting ${duration(waitedMs)}`;

@@ -5,16 +5,22 @@
 export declare class NativeLocker {
   /**
    * Creates the locker; connects lazily on the first operation. `onLost` receives
-   * `[key, token, reason, message, autoExtended]` once for each tracked lease that is lost.
+   * `[key, token, reason, message, autoExtended]` once for each tracked lease that is lost;
+   * `onExtended` receives `[token, sentAt, deadline][]` for the watched leases (`acquireLease`)
+   * that an auto-extension moved, on the clock of `options.clockOriginMs`.
    */
-  constructor(topology: TopologySettings, options: LockerSettings, errorClasses: Record<string, new (message: string) => Error>, onLost: (lost: [key: string, token: string, reason: 'not-owner' | 'unreachable' | 'expired', message: string, autoExtended: boolean]) => void)
+  constructor(topology: TopologySettings, options: LockerSettings, errorClasses: Record<string, new (message: string) => Error>, onLost: (lost: [key: string, token: string, reason: 'not-owner' | 'unreachable' | 'expired' | 'max-hold-time', message: string, autoExtended: boolean]) => void, onExtended: (extended: Array<[token: string, sentAt: number, deadline: number]>) => void)
   /**
    * Takes the lock. Resolves to the token, or `null`. `wait` is absent for a single attempt;
-   * `cancelId` 0 means not cancellable, else `cancel(cancelId)` stops the wait.
+   * `cancelId` 0 means not cancellable, else `cancel(cancelId)` stops the wait; `maxHoldMs`:
+   * auto-extension stops once the lock has been held that long.
    */
-  acquire(key: string, ttlMs: number, autoExtend: boolean, wait: WaitSettings | undefined | null, cancelId: number): Promise<string | null>
-  /** Like `acquire`, and watches the lease so its loss is reported; resolves to a grant. */
-  acquireLease(key: string, ttlMs: number, autoExtend: boolean, wait: WaitSettings | undefined | null, cancelId: number): Promise<{ token: string, fence: number | null, validForMs: number } | null>
+  acquire(key: string, ttlMs: number, autoExtend: boolean, wait: WaitSettings | undefined | null, cancelId: number, maxHoldMs?: number | undefined | null): Promise<string | null>
+  /**
+   * Like `acquire`, and watches the lease so its loss is reported; resolves to a grant
+   * (`deadline` on the clock of `options.clockOriginMs`).
+   */
+  acquireLease(key: string, ttlMs: number, autoExtend: boolean, wait: WaitSettings | undefined | null, cancelId: number, maxHoldMs?: number | undefined | null): Promise<{ token: string, fence: number | null, validForMs: number, deadline: number } | null>
   /** Stops the waiting acquire registered under `cancelId`, if it still waits. */
   cancel(cancelId: number): void
   /**
@@ -58,6 +64,13 @@ export interface LockerSettings {
   fencing?: boolean
   /** Share of the ttl set aside for clock drift (default 0.01). */
   driftFactor?: number
+  /**
+   * What every key of the Lock starts with (ioredis keyPrefix + prefix): it names the
+   * fencing counters.
+   */
+  keyPrefix?: string
+  /** `performance.now()` when the Lock was made: deadlines go to JS on that clock. */
+  clockOriginMs?: number
 }
 
 export interface TlsSettings {

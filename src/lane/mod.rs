@@ -129,15 +129,20 @@ impl Lane {
             handle.set_data(Rc::into_raw(lane.clone()) as *mut c_void);
             *slot.borrow_mut() = Some(handle);
         }
+        let hook = Rc::into_raw(lane.clone());
         // SAFETY: a live env on its JS thread; the hook's argument is a count on the lane that
         // `on_env_cleanup` gives back (or `shutdown` removes the hook and gives it back).
-        unsafe {
-            sys::napi_add_env_cleanup_hook(
-                env.raw(),
-                Some(on_env_cleanup),
-                Rc::into_raw(lane.clone()) as *mut c_void,
-            )
+        let status = unsafe {
+            sys::napi_add_env_cleanup_hook(env.raw(), Some(on_env_cleanup), hook as *mut c_void)
         };
+        if status != sys::Status::napi_ok {
+            // SAFETY: the count made above was not taken by Node: take it back.
+            drop(unsafe { Rc::from_raw(hook) });
+            lane.close_handles();
+            return Err(napi::Error::from_reason(
+                "cannot register the lane's cleanup",
+            ));
+        }
         Ok(lane)
     }
 
@@ -493,27 +498,15 @@ impl Lane {
         true
     }
 
-    /// A callback panicked (a bug): fail what the sockets carried and go on.
+    /// A callback panicked (a bug): every pending call fails and the sockets are dropped, so
+    /// nothing is left hanging; the lane goes on.
     fn recover(self: &Rc<Self>) {
         let _ = catch_unwind(AssertUnwindSafe(|| {
-            let now = Instant::now();
-            let open: Vec<(usize, u64)> = self
-                .sockets
-                .borrow()
-                .iter()
-                .enumerate()
-                .filter_map(|(conn, s)| s.as_ref().map(|s| (conn, s.epoch)))
-                .collect();
-            let mut core = crate::lock_core(&self.locker);
-            for (conn, epoch) in open {
-                core.socket_closed(
-                    conn,
-                    epoch,
-                    "internal error in the lock engine (a bug: please report it)",
-                    now,
-                );
-            }
-            drop(core);
+            let err = EngineError::new(
+                ErrorKind::Connection,
+                "internal error in the lock engine (a bug: please report it)",
+            );
+            crate::lock_core(&self.locker).fail_all(err, Instant::now());
             self.pump(From::Callback);
         }));
     }

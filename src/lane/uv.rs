@@ -114,10 +114,13 @@ impl UvHandle {
         init: impl FnOnce(&'static Uv, *mut Handle) -> c_int,
     ) -> Option<Self> {
         let uv = uv()?;
+        if event_loop.is_null() {
+            return None;
+        }
         // SAFETY: a non-zero layout (at least 1 byte); zeroed memory is what libuv expects
         // before init.
         let raw = unsafe { alloc_zeroed(uv.layout) } as *mut Handle;
-        if raw.is_null() || event_loop.is_null() {
+        if raw.is_null() {
             return None;
         }
         if init(uv, raw) != 0 {
@@ -201,11 +204,28 @@ impl UvHandle {
         unsafe { (self.uv.check_stop)(self.raw) };
     }
 
-    /// Closes the handle; `on_closed` runs later, on the loop, and must call `free`.
+    /// Closes the handle; `on_closed` runs later, on the loop, and must call `free` (and give
+    /// back whatever its data holds).
     pub(crate) fn close(self, on_closed: HandleCb) {
-        // SAFETY: an initialized handle, closed once (consumed here).
-        unsafe { (self.uv.close)(self.raw, Some(on_closed)) };
+        let handle = std::mem::ManuallyDrop::new(self);
+        // SAFETY: an initialized handle, closed once (consumed here, and `Drop` will not run).
+        unsafe { (handle.uv.close)(handle.raw, Some(on_closed)) };
     }
+}
+
+impl Drop for UvHandle {
+    /// A handle dropped without `close` (a setup that failed half-way) is closed all the same,
+    /// so the loop never keeps a freed handle; only its memory is freed then.
+    fn drop(&mut self) {
+        // SAFETY: an initialized handle not closed yet (`close` consumes it without dropping).
+        unsafe { (self.uv.close)(self.raw, Some(free_only)) };
+    }
+}
+
+/// Close callback of a dropped handle: its memory only.
+unsafe extern "C" fn free_only(raw: *mut Handle) {
+    // SAFETY: this is the handle's close callback; its data (if any) is not ours to give back.
+    let _ = std::panic::catch_unwind(|| unsafe { free(raw) });
 }
 
 /// In a close callback: the handle's data pointer, then its memory is freed.

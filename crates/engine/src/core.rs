@@ -22,7 +22,7 @@ use crate::keys;
 use crate::leases::deadline_at;
 use crate::policy::tally::Tally;
 use crate::policy::wait::{RetryPolicy, Start, Turn, WaitPlan, WaitQueue};
-use crate::proto::conn::{Answer, Answered, Conn, ConnSettings, Tag};
+use crate::proto::conn::{Answer, Answered, Conn, ConnSettings, Tag, UNOWNED};
 use crate::proto::request::{ExtendItem, Reply, Request, SlotRange};
 use crate::sentinel::SentinelConfig;
 use crate::token::new_token;
@@ -100,6 +100,8 @@ pub struct AcquireSpec {
     /// Report the lease lost at its deadline even without auto-extension (`acquireLease`).
     pub watch: bool,
     pub replicas: Option<ReplicaAck>,
+    /// `maxHoldTime`: auto-extension stops once the lock has been held this long.
+    pub max_hold: Option<Duration>,
 }
 
 /// A call of the lock API.
@@ -143,6 +145,7 @@ pub struct Grant {
     pub deadline: Instant,
     pub auto_extend: bool,
     pub watch: bool,
+    pub max_hold: Option<Duration>,
 }
 
 /// How a call ended.
@@ -176,6 +179,8 @@ pub enum Event {
 const CLUSTER_TRIES: u8 = 5;
 /// Pause before trying again after TRYAGAIN, CLUSTERDOWN, LOADING or a missing slot map.
 const CLUSTER_RETRY: Duration = Duration::from_millis(100);
+/// Most cluster nodes a Lock keeps connections to (Redis Cluster's own recommended maximum).
+const MAX_CLUSTER_NODES: usize = 1000;
 /// Slot map refreshes, at most one per this long.
 const REFRESH_EVERY: Duration = Duration::from_millis(200);
 /// The tag of the slot map's own requests (an op id no call gets).
@@ -299,16 +304,18 @@ pub struct Core {
     /// heard meanwhile is its own echo (the reply decides who goes next, see `released_in_open`).
     open_releases: HashMap<String, usize>,
     events: Vec<Event>,
-    fencing: bool,
+    /// With fencing: the Lock's key prefix (it names the fencing counters, see `keys`).
+    fencing: Option<String>,
     drift_factor: f64,
     command_timeout: Duration,
     closed: bool,
 }
 
 impl Core {
+    /// `fencing`: `Some(key prefix)` to take fences (the prefix names the counters), `None` not to.
     pub fn new(
         topology: &Topology,
-        fencing: bool,
+        fencing: Option<String>,
         drift_factor: f64,
         now: Instant,
     ) -> EngineResult<Self> {
@@ -619,6 +626,29 @@ impl Core {
         self.process(now);
     }
 
+    /// After a bug (a panic while driving the core): every socket is dropped and every pending
+    /// call and waiter fails with `err`, so nothing is left hanging; the core then works on.
+    pub fn fail_all(&mut self, err: EngineError, now: Instant) {
+        for id in self.waits.ids() {
+            self.finish_waiter(id, Outcome::Failed(err.clone()));
+        }
+        for conn in &mut self.conns {
+            conn.reconnect(err.message(), now);
+        }
+        self.process(now);
+        let pending: Vec<u64> = self.ops.keys().copied().collect();
+        for op in pending {
+            self.fail_op(op, err.clone(), now);
+        }
+        if let Layout::Cluster(map) = &mut self.layout {
+            map.parked.clear();
+            map.refreshing = false;
+        }
+        self.retries.clear();
+        self.dues.clear();
+        self.open_releases.clear();
+    }
+
     /// Fails every call and waiter with a closed error; nothing more is sent.
     pub fn close(&mut self, now: Instant) {
         if self.closed {
@@ -680,7 +710,10 @@ impl Core {
             key: spec.key.clone(),
             token: token.clone(),
             ttl_ms: ms(spec.ttl),
-            fencing: self.fencing,
+            fence: self
+                .fencing
+                .as_ref()
+                .map(|prefix| keys::fence_key(&spec.key, prefix)),
         };
         if let Some(ack) = spec.replicas {
             let Layout::Single { replicated } = &mut self.layout else {
@@ -780,7 +813,11 @@ impl Core {
     // ---- releasing -----------------------------------------------------------------------
 
     fn release(&mut self, owner: Owner, key: String, token: String, now: Instant) {
-        let turn = self.waits.next_in_line(&key);
+        // A waiter acquiring with `replicas` attempts on a connection of its own: nothing would
+        // put its attempt behind the release.
+        let turn = self
+            .waits
+            .next_in_line(&key, |spec| spec.replicas.is_none());
         let (publish, open) = match turn {
             Turn::HandOver(_) => (false, false),
             Turn::Open => (true, true),
@@ -897,6 +934,9 @@ impl Core {
         if op_id == REFRESH_OP {
             return self.slots_answered(answer, now);
         }
+        if answer.tag == UNOWNED {
+            return self.give_back_redirected(answer, now);
+        }
         if self.is_cluster() && self.cluster_retry(op_id, &answer, now) {
             return;
         }
@@ -990,6 +1030,7 @@ impl Core {
             sent_at,
             auto_extend: spec.auto_extend,
             watch: spec.watch,
+            max_hold: spec.max_hold,
         }
     }
 
@@ -1289,7 +1330,7 @@ impl Core {
             return;
         };
         let slot = request.routing_key().map_or(0, keys::slot);
-        match map.slots[usize::from(slot)] {
+        match map.slots.get(usize::from(slot)).copied().flatten() {
             Some(conn) => self.conns[conn].submit(tag, request, now),
             None => {
                 map.parked.push((tag, request));
@@ -1358,7 +1399,9 @@ impl Core {
     fn apply_slot_map(&mut self, ranges: Vec<SlotRange>, now: Instant) {
         let mut slots = vec![None; 16384];
         for range in ranges {
-            let conn = self.cluster_conn(&range.host, range.port, now);
+            let Some(conn) = self.cluster_conn(&range.host, range.port, now) else {
+                continue;
+            };
             for slot in range.start..=range.end {
                 slots[usize::from(slot)] = Some(conn);
             }
@@ -1374,12 +1417,16 @@ impl Core {
     }
 
     /// The connection to the cluster node at `host:port`, made if new.
-    fn cluster_conn(&mut self, host: &str, port: u16, now: Instant) -> usize {
+    /// `None` past `MAX_CLUSTER_NODES` (a hostile node could name endless addresses).
+    fn cluster_conn(&mut self, host: &str, port: u16, now: Instant) -> Option<usize> {
         let Layout::Cluster(map) = &mut self.layout else {
-            return 0;
+            return None;
         };
         if let Some(conn) = map.by_address.get(&(host.to_owned(), port)) {
-            return *conn;
+            return Some(*conn);
+        }
+        if map.by_address.len() >= MAX_CLUSTER_NODES {
+            return None;
         }
         let mut config = map.template.clone();
         config.address = ServerAddress::Tcp {
@@ -1391,7 +1438,36 @@ impl Core {
         self.conns
             .push(Conn::new(ConnSettings::for_server(&config), now));
         self.endpoints.push(Endpoint::Server(Arc::new(config)));
-        conn
+        Some(conn)
+    }
+
+    /// A give-back met MOVED or ASK: it goes to the node named, once.
+    fn give_back_redirected(&mut self, answer: Answer, now: Instant) {
+        let Answered::Redirected {
+            ask, host, port, ..
+        } = &answer.outcome
+        else {
+            return;
+        };
+        let Some(conn) = self.cluster_conn(host, *port, now) else {
+            return;
+        };
+        let Request::Release { key, .. } = &answer.request else {
+            return;
+        };
+        let op = self.new_op(
+            Owner::Nobody,
+            OpKind::Release {
+                key: key.clone(),
+                open: false,
+            },
+            now,
+        );
+        if *ask {
+            self.conns[conn].submit_asking(tag(op, 0), answer.request, now);
+        } else {
+            self.conns[conn].submit(tag(op, 0), answer.request, now);
+        }
     }
 
     /// A cluster node's socket failed: the slot map may have changed (a failover).
@@ -1441,12 +1517,16 @@ impl Core {
                 },
                 _,
             ) => {
-                let conn = self.cluster_conn(host, *port, now);
+                let Some(conn) = self.cluster_conn(host, *port, now) else {
+                    return false;
+                };
                 if *ask {
                     self.conns[conn].submit_asking(answer.tag, request, now);
                 } else {
-                    if let Layout::Cluster(map) = &mut self.layout {
-                        map.slots[usize::from(*slot)] = Some(conn);
+                    if let Layout::Cluster(map) = &mut self.layout
+                        && let Some(entry) = map.slots.get_mut(usize::from(*slot))
+                    {
+                        *entry = Some(conn);
                     }
                     self.conns[conn].submit(answer.tag, request, now);
                     self.refresh_slots(now);

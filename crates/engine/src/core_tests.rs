@@ -27,7 +27,7 @@ impl Harness {
     fn new(topology: Topology) -> Self {
         let now = Instant::now();
         Self {
-            core: Core::new(&topology, true, 0.01, now).unwrap(),
+            core: Core::new(&topology, Some(String::new()), 0.01, now).unwrap(),
             now,
             epochs: Vec::new(),
             owed: Vec::new(),
@@ -127,6 +127,7 @@ fn spec(key: &str) -> AcquireSpec {
         auto_extend: false,
         watch: false,
         replicas: None,
+        max_hold: None,
     }
 }
 
@@ -179,7 +180,7 @@ fn calls_made_while_the_socket_opens_go_out_in_order_on_it() {
     let names: Vec<&str> = commands.iter().map(|c| c[0].as_str()).collect();
     assert_eq!(names, ["EVALSHA", "EVALSHA", "EXISTS"]);
     assert_eq!(commands[0][3], "lock:a"); // the release first
-    assert_eq!(commands[1][4], "{lock:a}:fence"); // then the acquire
+    assert!(commands[1][4].contains(":fence:")); // then the acquire
 }
 
 #[test]
@@ -329,7 +330,8 @@ fn a_hand_over_release_is_quiet_and_the_waiters_attempt_follows_it_in_the_same_w
         "a hand-over release publishes nothing"
     );
     assert_eq!(
-        written[1][4], "{k}:fence",
+        written[1][4],
+        crate::keys::fence_key("k", ""),
         "the waiter's attempt comes right behind"
     );
     h.reply(0, &sha_reply());
@@ -681,6 +683,180 @@ fn the_echo_of_this_locks_own_open_release_does_not_let_its_waiter_barge() {
     assert!(h.commands(0).is_empty());
     h.advance(2);
     assert_eq!(h.commands(0).len(), 1);
+}
+
+fn cluster() -> Harness {
+    Harness::new(Topology::Cluster(vec![config(7000)]))
+}
+
+#[test]
+fn a_redirect_to_a_slot_out_of_range_fails_the_call_and_nothing_panics() {
+    let mut h = cluster();
+    h.core.call(1, Call::Exists { key: "k".into() }, h.now);
+    h.open_all();
+    let asked = h.commands(0);
+    assert_eq!(asked[0][0], "CLUSTER");
+    // The whole range served by the one node, then a MOVED naming slot 65535.
+    h.reply(
+        0,
+        b"*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$9\r\n127.0.0.1\r\n:7000\r\n",
+    );
+    assert_eq!(h.commands(0)[0][0], "EXISTS");
+    h.reply(0, b"-MOVED 65535 127.0.0.1:7001\r\n");
+    let done = h.done();
+    assert!(
+        matches!(&done[..], [(1, Outcome::Failed(e))] if e.kind() == ErrorKind::Redis),
+        "{done:?}"
+    );
+}
+
+#[test]
+fn a_moved_call_goes_to_the_node_named_and_the_map_learns_it() {
+    let mut h = cluster();
+    h.core.call(1, Call::Exists { key: "k".into() }, h.now);
+    h.open_all();
+    let _ = h.commands(0);
+    h.reply(
+        0,
+        b"*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$9\r\n127.0.0.1\r\n:7000\r\n",
+    );
+    let _ = h.commands(0);
+    let slot = crate::keys::slot("k");
+    h.reply(0, format!("-MOVED {slot} 127.0.0.1:7001\r\n").as_bytes());
+    assert_eq!(h.core.conn_count(), 2, "a connection to the node named");
+    h.open_all();
+    assert_eq!(h.commands(1)[0][0], "EXISTS");
+    h.reply(1, b":1\r\n");
+    assert_eq!(h.done(), vec![(1, Outcome::Flag(true))]);
+}
+
+#[test]
+fn a_refused_script_load_sends_scripts_as_eval_from_then_on() {
+    let mut h = Harness::single();
+    h.open_all();
+    h.core.call(
+        1,
+        Call::Release {
+            key: "k".into(),
+            token: "t".into(),
+        },
+        h.now,
+    );
+    let _ = h.commands(0);
+    h.reply(
+        0,
+        b"-NOPERM this user has no permissions to run the 'script|load' command\r\n",
+    );
+    h.reply(0, b"-NOSCRIPT No matching script.\r\n");
+    assert_eq!(h.commands(0)[0][0], "EVAL");
+    h.reply(0, b":1\r\n");
+    assert_eq!(h.done(), vec![(1, Outcome::Flag(true))]);
+    h.core.call(
+        2,
+        Call::Extend {
+            key: "k".into(),
+            token: "t".into(),
+            ttl: Duration::from_secs(1),
+        },
+        h.now,
+    );
+    let out = String::from_utf8(h.core.output(0).to_vec()).unwrap();
+    assert!(out.contains("EVAL\r\n") && !out.contains("SCRIPT"), "{out}");
+}
+
+#[test]
+fn a_waiter_with_replicas_is_not_handed_a_lock_over_another_connection() {
+    let mut h = Harness::single();
+    h.open_all();
+    let mut replicated = spec("k");
+    replicated.replicas = Some(ReplicaAck {
+        count: 1,
+        timeout: Duration::from_millis(100),
+    });
+    h.core.call(
+        1,
+        Call::Acquire {
+            spec: replicated,
+            retry: waiting(10_000),
+        },
+        h.now,
+    );
+    h.open_all(); // the connection kept for WAIT
+    let on_wait_conn = h.commands(1);
+    assert_eq!(
+        on_wait_conn.len(),
+        2,
+        "SET and WAIT on their own connection"
+    );
+    h.answer(1, &[b":0\r\n", b":0\r\n"]); // held
+    let _ = h.done();
+    h.core.call(
+        2,
+        Call::Release {
+            key: "k".into(),
+            token: "holder".into(),
+        },
+        h.now,
+    );
+    let written = h.commands(0);
+    assert_eq!(written.len(), 1);
+    assert!(
+        !written[0].last().unwrap().is_empty(),
+        "released in the open, so the waiter hears it"
+    );
+}
+
+#[test]
+fn redlock_a_majority_that_comes_after_the_validity_time_is_not_acquired_and_a_waiter_tries_again()
+{
+    let mut h = Harness::redlock(3);
+    h.open_all();
+    let mut short = spec("k");
+    short.ttl = Duration::from_millis(500);
+    h.core.call(
+        1,
+        Call::Acquire {
+            spec: short,
+            retry: waiting(50),
+        },
+        h.now,
+    );
+    for conn in 0..3 {
+        let _ = h.commands(conn);
+    }
+    h.now += Duration::from_millis(600); // the replies are read late (a blocked thread)
+    for conn in 0..3 {
+        h.answer(conn, &[b":1\r\n"]);
+    }
+    assert!(h.done().is_empty(), "not granted, and the waiter goes on");
+    for conn in 0..3 {
+        assert_eq!(
+            h.commands(conn).len(),
+            1,
+            "the late grants are given back (conn {conn})"
+        );
+        h.answer(conn, &[b":1\r\n"]);
+    }
+}
+
+#[test]
+fn an_echoed_auth_never_shows_the_password_in_the_error() {
+    let mut settings = config(6379);
+    settings.password = Some("hunter2-very-secret".into());
+    let mut h = Harness::new(Topology::Single(settings));
+    h.core.call(1, Call::Exists { key: "k".into() }, h.now);
+    h.open_all();
+    // A peer that echoes what it gets: AUTH comes back as an array of bulk strings.
+    let out = h.core.output(0).to_vec();
+    h.core.written(0, out.len());
+    h.reply(0, &out);
+    h.advance(1000);
+    let done = h.done();
+    assert!(matches!(&done[..], [(1, Outcome::Failed(_))]), "{done:?}");
+    let Outcome::Failed(err) = &done[0].1 else {
+        unreachable!()
+    };
+    assert!(!err.message().contains("hunter2"), "{}", err.message());
 }
 
 proptest! {

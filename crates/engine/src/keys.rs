@@ -1,19 +1,23 @@
-//! Names of what v2 keeps beside a lock key: the fencing counter and the release channel.
+//! Names of what v2 keeps beside a lock key: the fencing counters and the release channel.
 //!
-//! v1 never touches these. A companion key must live in the lock key's Redis Cluster slot, so
-//! that one script can update both atomically, whatever braces the resource name holds:
-//! - a key without braces: `{<lock key>}:fence` (its hash tag is the whole lock key);
-//! - a key with a hash tag `{tag}`: `{tag}:fence:<lock key>` (same tag, same slot);
-//! - a key with braces but no valid tag (`a}b`, `x{}y`): the slot is the hash of the whole key, so
-//!   the companion gets a short tag chosen to hash to that same slot: `{t}:fence:<lock key>`.
+//! v1 never touches these. **Fencing counters are per Cluster slot, not per resource**: every
+//! lock key in slot S (under one prefix) takes its fences from one counter, `{t}:fence:<prefix>`,
+//! where `t` is a short tag chosen to hash to S. A resource always maps to the same slot, so its
+//! fences strictly increase (across holders, processes, Locks, its key expiring, restarts with
+//! persistence, and on a cluster, where the counter lives on the lock key's node and one script
+//! updates both); unrelated resources of a slot share the counter, so their fences interleave.
+//! The counters never expire and there are at most 16384 of them per prefix, however many
+//! resources are locked: nothing per resource outlives its lock.
 
 use std::sync::LazyLock;
 
 const SLOTS: usize = 16384;
 
-/// The fencing counter of the lock at `lock_key`.
-pub(crate) fn fence_key(lock_key: &str) -> String {
-    companion(lock_key, "fence")
+/// The fencing counter of the locks in `lock_key`'s slot; `prefix` (the Lock's key prefix)
+/// keeps the counters of different prefixes apart.
+pub fn fence_key(lock_key: &str, prefix: &str) -> String {
+    let tag = &SLOT_TAGS[usize::from(slot(lock_key))];
+    format!("{{{tag}}}:fence:{prefix}")
 }
 
 const RELEASED_PREFIX: &str = "sdl:released:";
@@ -26,19 +30,6 @@ pub(crate) fn released_channel(lock_key: &str) -> String {
 /// The lock key a release channel is for.
 pub(crate) fn key_of_released_channel(channel: &str) -> Option<&str> {
     channel.strip_prefix(RELEASED_PREFIX)
-}
-
-fn companion(lock_key: &str, suffix: &str) -> String {
-    if !lock_key.is_empty() && !lock_key.contains(['{', '}']) {
-        return format!("{{{lock_key}}}:{suffix}");
-    }
-    match hash_tag(lock_key) {
-        Some(tag) => format!("{{{tag}}}:{suffix}:{lock_key}"),
-        None => {
-            let tag = &SLOT_TAGS[usize::from(slot(lock_key))];
-            format!("{{{tag}}}:{suffix}:{lock_key}")
-        }
-    }
 }
 
 /// The part of `key` Redis Cluster hashes: the text between the first `{` and the next `}`, if
@@ -103,7 +94,7 @@ mod tests {
     }
 
     #[test]
-    fn companions_share_the_lock_key_slot() {
+    fn fence_counters_share_the_lock_key_slot_and_are_one_per_slot() {
         for key in [
             "lock:order:123",
             "lock:{user:7}:cart",
@@ -115,20 +106,21 @@ mod tests {
             "",
             "app:lock:日本",
         ] {
-            let fence = fence_key(key);
+            let fence = fence_key(key, "lock:");
             assert_eq!(slot(&fence), slot(key), "{key} -> {fence}");
             assert_ne!(fence, key);
         }
-        assert_eq!(fence_key("lock:order:123"), "{lock:order:123}:fence");
-        assert_eq!(fence_key("lock:{u}:1"), "{u}:fence:lock:{u}:1");
-    }
-
-    #[test]
-    fn distinct_keys_get_distinct_companions() {
-        let keys = ["lock:a}b", "lock:a}c", "{lock:a}", "lock:a", "a}b"];
-        let mut seen = std::collections::HashSet::new();
-        for key in keys {
-            assert!(seen.insert(fence_key(key)), "{key}");
-        }
+        assert_eq!(fence_key("lock:a", "lock:"), fence_key("lock:a", "lock:"));
+        assert_ne!(fence_key("lock:a", "lock:"), fence_key("jobs:a", "jobs:"));
+        // Many resources, at most one counter per slot.
+        let counters: std::collections::HashSet<String> = (0..100_000)
+            .map(|i| fence_key(&format!("lock:order:{i}"), "lock:"))
+            .collect();
+        assert!(counters.len() <= SLOTS, "{}", counters.len());
+        // Keys sharing a hash tag share one counter.
+        assert_eq!(
+            fence_key("lock:{u}:1", "lock:"),
+            fence_key("lock:{u}:2", "lock:")
+        );
     }
 }

@@ -35,6 +35,8 @@ pub enum LostReason {
     Unreachable(EngineError),
     /// A lease that was not auto-extended reached its deadline.
     Expired,
+    /// Auto-extension stopped after `maxHoldTime`, and the lease then reached its deadline.
+    MaxHoldTime,
 }
 
 /// A lease the engine gave up on.
@@ -48,6 +50,10 @@ pub struct LostLease {
 
 pub type LostCallback = Arc<dyn Fn(LostLease) + Send + Sync>;
 
+/// Told, for watched leases (`acquireLease`), each auto-extension that moved a deadline:
+/// (token, the extend's send time, the new deadline).
+pub type ExtendedCallback = Arc<dyn Fn(Vec<(String, Instant, Instant)>) + Send + Sync>;
+
 /// The default share of a ttl set aside for clock drift (Redlock's 1%).
 pub const DEFAULT_DRIFT_FACTOR: f64 = 0.01;
 
@@ -59,10 +65,20 @@ pub fn safety_margin(ttl: Duration, drift_factor: f64) -> Duration {
 struct HeldLease {
     key: String,
     ttl: Duration,
-    /// Auto-extension period; `None` for a lease that is only watched.
+    /// Auto-extension period; `None` for a lease that is only watched, or no longer extended.
     interval: Option<Duration>,
+    auto_extended: bool,
+    /// `maxHoldTime`: no extend is sent from this moment on.
+    stop_extending_at: Option<Instant>,
+    held_too_long: bool,
+    /// Its holder watches it (a lease object): report its extends.
+    watched: bool,
     /// The key's TTL runs out no earlier than this (send time of the last success + ttl).
     valid_until: Instant,
+    /// The send time and ttl of the last successful SET or extend: a later one decides the TTL,
+    /// shorter or longer (PEXPIRE sets it), an earlier one that answers late decides nothing.
+    last_sent: Instant,
+    last_ttl: Duration,
     /// Identifies the queue entry that is current for this lease.
     schedule: u64,
     extending: bool,
@@ -73,7 +89,18 @@ struct HeldLease {
 
 impl HeldLease {
     fn deadline(&self) -> Instant {
-        deadline_at(self.valid_until, self.ttl, self.margin_factor)
+        deadline_at(self.valid_until, self.last_ttl, self.margin_factor)
+    }
+
+    /// An extend sent at `sent_at` with `ttl` succeeded; `false` if a later one already did.
+    fn record_extend(&mut self, sent_at: Instant, ttl: Duration) -> bool {
+        if sent_at < self.last_sent {
+            return false;
+        }
+        self.last_sent = sent_at;
+        self.last_ttl = ttl;
+        self.valid_until = sent_at + ttl;
+        true
     }
 }
 
@@ -104,6 +131,7 @@ struct Shared {
     runtime: Handle,
     cancel: CancellationToken,
     on_lost: Option<LostCallback>,
+    on_extended: Option<ExtendedCallback>,
     drift_factor: f64,
 }
 
@@ -124,6 +152,7 @@ impl Leases {
         background: Arc<Awaited>,
         cancel: CancellationToken,
         on_lost: Option<LostCallback>,
+        on_extended: Option<ExtendedCallback>,
         drift_factor: f64,
     ) -> Self {
         Self {
@@ -135,6 +164,7 @@ impl Leases {
                 runtime,
                 cancel,
                 on_lost,
+                on_extended,
             }),
         }
     }
@@ -148,13 +178,20 @@ impl Leases {
             grant.sent_at,
             grant.auto_extend,
         );
+        let stop_extending_at = grant.max_hold.map(|hold| sent_at + hold);
         let interval =
             auto_extend.then(|| Duration::from_millis((ttl.as_millis() / 2).max(1) as u64));
         let lease = HeldLease {
             key: key.to_owned(),
             ttl,
             interval,
+            auto_extended: auto_extend,
+            stop_extending_at,
+            held_too_long: false,
+            watched: grant.watch,
             valid_until: sent_at + ttl,
+            last_sent: sent_at,
+            last_ttl: ttl,
             schedule: 0,
             extending: false,
             last_error: None,
@@ -189,11 +226,26 @@ impl Leases {
         }
     }
 
-    /// Records a successful manual extend sent at `sent_at`, moving the lease's deadline.
+    /// Records a successful manual extend sent at `sent_at`: the lease's deadline moves, earlier
+    /// too for a shorter ttl.
     pub(crate) fn extended(&self, token: &str, sent_at: Instant, ttl: Duration) {
-        if let Some(lease) = self.shared.lock().leases.get_mut(token) {
-            lease.valid_until = lease.valid_until.max(sent_at + ttl);
+        let mut state = self.shared.lock();
+        let Some(lease) = state.leases.get_mut(token) else {
+            return;
+        };
+        if !lease.record_extend(sent_at, ttl) {
+            return;
         }
+        // Watch the new deadline (and extend again within the new ttl).
+        let deadline = lease.deadline();
+        let at = match lease.interval {
+            Some(interval) => deadline.min(Instant::now() + interval.min(ttl / 2)),
+            None => deadline,
+        };
+        let token: Arc<str> = token.into();
+        state.reschedule(&token, at);
+        drop(state);
+        self.shared.wake.notify_one();
     }
 
     /// The lease's current deadline, if it is tracked.
@@ -208,11 +260,7 @@ impl Leases {
     /// How many leases are tracked now, and how many of them are auto-extended.
     pub(crate) fn counts(&self) -> (usize, usize) {
         let state = self.shared.lock();
-        let extended = state
-            .leases
-            .values()
-            .filter(|l| l.interval.is_some())
-            .count();
+        let extended = state.leases.values().filter(|l| l.auto_extended).count();
         (state.leases.len(), extended)
     }
 }
@@ -263,6 +311,7 @@ impl State {
             let deadline = lease.deadline();
             if now >= deadline {
                 let reason = match (&lease.interval, lease.last_error.take()) {
+                    _ if lease.held_too_long => LostReason::MaxHoldTime,
                     (None, _) => LostReason::Expired,
                     (Some(_), Some(err)) => LostReason::Unreachable(err),
                     (Some(_), None) => LostReason::Unreachable(EngineError::new(
@@ -274,11 +323,16 @@ impl State {
                     lost.push(LostLease {
                         key: lease.key,
                         token: token.to_string(),
-                        auto_extended: lease.interval.is_some(),
+                        auto_extended: lease.auto_extended,
                         reason,
                     });
                 }
                 continue;
+            }
+            if lease.interval.is_some() && lease.stop_extending_at.is_some_and(|at| now >= at) {
+                // Held for maxHoldTime: no more extends; it runs out its ttl.
+                lease.interval = None;
+                lease.held_too_long = true;
             }
             if lease.interval.is_some() && !lease.extending {
                 lease.extending = true;
@@ -330,6 +384,7 @@ async fn extend_batch(shared: Arc<Shared>, batch: Batch) {
     let results = extend_many(&shared.background, &batch).await;
 
     let mut lost = Vec::new();
+    let mut moved = Vec::new();
     {
         let mut state = shared.lock();
         let now = Instant::now();
@@ -340,8 +395,12 @@ async fn extend_batch(shared: Arc<Shared>, batch: Batch) {
             lease.extending = false;
             match result {
                 Ok(true) => {
-                    lease.valid_until = lease.valid_until.max(sent_at + lease.ttl);
+                    let ttl = lease.ttl;
+                    let newest = lease.record_extend(sent_at, ttl);
                     lease.last_error = None;
+                    if lease.watched && newest {
+                        moved.push((token.to_string(), sent_at, lease.deadline()));
+                    }
                     let at = now + lease.interval.unwrap_or(lease.ttl / 2);
                     state.reschedule(token, at);
                 }
@@ -367,6 +426,11 @@ async fn extend_batch(shared: Arc<Shared>, batch: Batch) {
     }
     // The scheduler may be asleep until a later entry; let it see the new ones.
     shared.wake.notify_one();
+    if !moved.is_empty()
+        && let Some(on_extended) = &shared.on_extended
+    {
+        on_extended(moved);
+    }
     shared.report(lost);
 }
 

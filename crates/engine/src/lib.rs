@@ -26,7 +26,10 @@ pub use core::{
     AcquireSpec, Call, CallId, Core, Endpoint, Event, Grant, Outcome, ReplicaAck, Topology,
 };
 pub use error::{EngineError, EngineResult, ErrorKind};
-pub use leases::{DEFAULT_DRIFT_FACTOR, LostCallback, LostLease, LostReason, safety_margin};
+pub use keys::fence_key;
+pub use leases::{
+    DEFAULT_DRIFT_FACTOR, ExtendedCallback, LostCallback, LostLease, LostReason, safety_margin,
+};
 pub use locker::{AcquireOptions, Acquired, DoneSink, Locker, LockerOptions, Transport, Waker};
 pub use policy::tally::Tally;
 pub use policy::wait::{RetryPolicy, WaitPlan};

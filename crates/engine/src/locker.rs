@@ -38,6 +38,8 @@ pub struct AcquireOptions {
     pub watch: bool,
     /// Wait for this many replicas to acknowledge the lock (single master or Sentinel).
     pub replicas: Option<ReplicaAck>,
+    /// Stop auto-extending once the lock has been held this long.
+    pub max_hold: Option<Duration>,
 }
 
 /// A lock this process now holds.
@@ -76,10 +78,15 @@ pub enum Transport {
 /// Settings of a `Locker` beyond the deployment.
 #[derive(Clone)]
 pub struct LockerOptions {
-    /// Keep a fencing counter per lock key.
+    /// Take fencing tokens on acquire (counters per Cluster slot, see `keys`).
     pub fencing: bool,
+    /// What every key of this Locker starts with (ioredis keyPrefix + the Lock's prefix); it
+    /// names the fencing counters.
+    pub key_prefix: String,
     /// Called once for each tracked lease that is lost (never for a released one).
     pub on_lost: Option<LostCallback>,
+    /// Told each auto-extension of a watched lease (its new deadline).
+    pub on_extended: Option<crate::leases::ExtendedCallback>,
     /// Share of the ttl set aside for clock drift: a lease's deadline is its send time + ttl -
     /// (ttl * drift_factor + 2 ms). Redlock's validity time uses the same margin.
     pub drift_factor: f64,
@@ -92,7 +99,9 @@ impl Default for LockerOptions {
     fn default() -> Self {
         Self {
             fencing: true,
+            key_prefix: "lock:".to_owned(),
             on_lost: None,
+            on_extended: None,
             drift_factor: DEFAULT_DRIFT_FACTOR,
             runtime: None,
             transport: Transport::Runtime,
@@ -278,10 +287,11 @@ impl Locker {
             })?,
         };
         let now = Instant::now();
-        let core = Core::new(&topology, options.fencing, options.drift_factor, now)?;
+        let fencing = options.fencing.then(|| options.key_prefix.clone());
+        let core = Core::new(&topology, fencing.clone(), options.drift_factor, now)?;
         let background = Arc::new(Awaited::new(Core::new(
             &topology,
-            options.fencing,
+            fencing,
             options.drift_factor,
             now,
         )?));
@@ -344,6 +354,7 @@ impl Locker {
                     background.clone(),
                     closed.clone(),
                     options.on_lost,
+                    options.on_extended,
                     options.drift_factor,
                 ),
                 main: Awaited::new(core),
@@ -439,6 +450,7 @@ impl Locker {
                 auto_extend: options.auto_extend,
                 watch: options.watch,
                 replicas: options.replicas,
+                max_hold: options.max_hold,
             },
             retry: waits.then_some(retry),
         };

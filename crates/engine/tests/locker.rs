@@ -452,22 +452,22 @@ async fn fences_strictly_increase_and_survive_the_key_expiring() {
         }
     }
     let mut redis = server.inspect().await;
-    let counter: i64 = redis.get("{lock:fence}:fence").await.unwrap();
+    let counter_key = sdl_engine::fence_key("lock:fence", "lock:");
+    let counter: i64 = redis.get(&counter_key).await.unwrap();
     assert_eq!(counter, last);
-    let counter_ttl: i64 = redis.pttl("{lock:fence}:fence").await.unwrap();
-    assert_eq!(counter_ttl, -1, "the counter never expires");
+    let counter_ttl: i64 = redis.pttl(&counter_key).await.unwrap();
+    assert_eq!(counter_ttl, -1, "the slot's counter is kept (one per slot)");
 
     let braces = locker
         .acquire("lock:{user:1}:cart", once(1000), None)
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(braces.fence, Some(1));
     let tagged: i64 = redis
-        .get("{user:1}:fence:lock:{user:1}:cart")
+        .get(sdl_engine::fence_key("lock:{user:1}:cart", "lock:"))
         .await
         .unwrap();
-    assert_eq!(tagged, 1);
+    assert_eq!(Some(tagged), braces.fence);
 
     let held = locker
         .acquire("lock:fence", once(5000), None)
@@ -481,7 +481,7 @@ async fn fences_strictly_increase_and_survive_the_key_expiring() {
             .unwrap(),
         None
     );
-    let counter: i64 = redis.get("{lock:fence}:fence").await.unwrap();
+    let counter: i64 = redis.get(&counter_key).await.unwrap();
     assert_eq!(Some(counter), held.fence, "a failed attempt does not count");
 }
 
@@ -615,4 +615,75 @@ async fn a_watched_lease_is_lost_at_its_deadline_and_extend_moves_it() {
     assert_eq!(lost[0].reason, LostReason::Expired);
     assert!(!lost[0].auto_extended);
     assert_eq!(locker.deadline(&acquired.token), None);
+}
+
+#[tokio::test]
+async fn max_hold_stops_auto_extension_and_the_lease_is_lost_at_its_deadline() {
+    let server = RedisServer::start();
+    let (lost, on_lost) = collect_lost();
+    let locker = Locker::new(server.config(), with_lost(on_lost)).unwrap();
+    let started = Instant::now();
+    let options = AcquireOptions {
+        auto_extend: true,
+        max_hold: Some(Duration::from_millis(750)),
+        ..once(500)
+    };
+    let token = take(&locker, "lock:max-hold", options).await.unwrap();
+    let mut redis = server.inspect().await;
+    loop {
+        let held: Option<String> = redis.get("lock:max-hold").await.unwrap();
+        if held.is_none() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "still held");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let gone = started.elapsed();
+    assert!(
+        gone >= Duration::from_millis(750) && gone < Duration::from_millis(750 + 500 + 400),
+        "extended past its ttl, then not past maxHoldTime + ttl: gone after {gone:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while lost.lock().unwrap().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let lost = lost.lock().unwrap().clone();
+    assert_eq!(lost.len(), 1);
+    assert_eq!(lost[0].token, token);
+    assert_eq!(lost[0].reason, LostReason::MaxHoldTime);
+    assert!(lost[0].auto_extended);
+}
+
+#[tokio::test]
+async fn a_shorter_extend_moves_the_deadline_earlier() {
+    let server = RedisServer::start();
+    let (lost, on_lost) = collect_lost();
+    let locker = Locker::new(server.config(), with_lost(on_lost)).unwrap();
+    let acquired = locker
+        .acquire("lock:shorter", watched(10_000), None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(acquired.time_left() > Duration::from_secs(9));
+    assert!(
+        locker
+            .extend("lock:shorter", &acquired.token, Duration::from_millis(300))
+            .await
+            .unwrap()
+    );
+    let left = locker.time_left(&acquired.token).unwrap();
+    assert!(
+        left <= Duration::from_millis(300),
+        "{left:?}: PEXPIRE set a shorter TTL"
+    );
+    // And the loss is reported at that deadline, not at the first one.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while lost.lock().unwrap().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        lost.lock().unwrap().len(),
+        1,
+        "lost at the shorter deadline"
+    );
 }

@@ -48,7 +48,7 @@ impl Driver {
             stop,
             on_events,
         });
-        runtime.spawn(run(shared.clone()));
+        runtime.spawn(guarded(shared.clone()));
         Self { shared }
     }
 
@@ -177,6 +177,32 @@ type Opening = std::pin::Pin<
     Box<dyn std::future::Future<Output = (usize, u64, crate::error::EngineResult<Opened>)> + Send>,
 >;
 
+/// Runs the driver; a panic (a bug) fails what was pending instead of leaving it hanging, and
+/// the driver starts again.
+async fn guarded(shared: Arc<Shared>) {
+    use futures_util::FutureExt;
+    while std::panic::AssertUnwindSafe(run(shared.clone()))
+        .catch_unwind()
+        .await
+        .is_err()
+    {
+        let err = crate::error::EngineError::new(
+            crate::error::ErrorKind::Connection,
+            "internal error in the lock engine (a bug: please report it)",
+        );
+        let events = {
+            let mut core = lock(&shared.core);
+            core.fail_all(err, Instant::now());
+            core.take_events()
+        };
+        let _ =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (shared.on_events)(events)));
+        if shared.stop.is_cancelled() {
+            return;
+        }
+    }
+}
+
 async fn run(shared: Arc<Shared>) {
     let mut sockets: Vec<Option<Socket>> = Vec::new();
     let mut opening: FuturesUnordered<Opening> = FuturesUnordered::new();
@@ -188,6 +214,14 @@ async fn run(shared: Arc<Shared>) {
         tokio::select! {
             biased;
             _ = shared.stop.cancelled() => return,
+            // Time before sockets: a busy socket must not starve deadlines and retries.
+            _ = sleep => {
+                // Whatever the sockets hold counts before any deadline.
+                for conn in 0..sockets.len() {
+                    read(&shared, &mut sockets, conn, &mut buf);
+                }
+                lock(&shared.core).on_timer(Instant::now());
+            }
             Some((conn, epoch, result)) = opening.next(), if !opening.is_empty() => {
                 let mut core = lock(&shared.core);
                 let now = Instant::now();
@@ -223,13 +257,6 @@ async fn run(shared: Arc<Shared>) {
                 }
             }
             _ = shared.wake.notified() => {}
-            _ = sleep => {
-                // Whatever the sockets hold counts before any deadline.
-                for conn in 0..sockets.len() {
-                    read(&shared, &mut sockets, conn, &mut buf);
-                }
-                lock(&shared.core).on_timer(Instant::now());
-            }
         }
     }
 }

@@ -51,8 +51,10 @@ impl<T> Tally<T> {
     /// `None`: not, and at least one master said no (the lock is someone else's). An error
     /// naming the failed masters when failures alone kept the majority out of reach.
     pub fn outcome(self, what: &str, timed_out: bool) -> EngineResult<Option<Vec<T>>> {
-        if self.yes.len() >= self.needed && !timed_out {
-            return Ok(Some(self.yes));
+        if self.yes.len() >= self.needed {
+            // A majority reached after the validity time does not count: not acquired (the
+            // caller gives the grants back), as if held; a waiter tries again.
+            return Ok((!timed_out).then_some(self.yes));
         }
         if self.no > 0 {
             return Ok(None);

@@ -252,10 +252,15 @@ impl<Id: Copy + Eq + std::hash::Hash + Ord, S> WaitQueue<Id, S> {
             .find(|id| self.waiters.get(id).is_some_and(|w| !w.attempting))
     }
 
-    /// This Lock is about to release `key`: hand it to the first idle waiter here, or release
-    /// in the open (nobody here is idle, or the streak is used up so waiters elsewhere get
-    /// their turn).
-    pub(crate) fn next_in_line(&mut self, key: &str) -> Turn<Id> {
+    /// This Lock is about to release `key`: hand it to the first idle waiter here that can take
+    /// a hand-over (`can_hand_over`: its attempt goes on the release's own connection), or
+    /// release in the open (nobody here is idle, or the streak is used up so waiters elsewhere
+    /// get their turn).
+    pub(crate) fn next_in_line(
+        &mut self,
+        key: &str,
+        can_hand_over: impl Fn(&S) -> bool,
+    ) -> Turn<Id> {
         if self.waiters.is_empty() {
             // The common case: nothing to look up, and any streak ends.
             if !self.streaks.is_empty() {
@@ -263,7 +268,10 @@ impl<Id: Copy + Eq + std::hash::Hash + Ord, S> WaitQueue<Id, S> {
             }
             return Turn::Nobody;
         }
-        let Some(next) = self.first_idle(key) else {
+        let next = self
+            .first_idle(key)
+            .filter(|id| self.waiters.get(id).is_some_and(|w| can_hand_over(&w.spec)));
+        let Some(next) = next else {
             self.streaks.remove(key);
             return if self.by_key.contains_key(key) {
                 Turn::Open
@@ -408,7 +416,7 @@ mod tests {
     fn hand_over_goes_first_in_first_out_and_a_streak_ends_in_the_open() {
         let t0 = Instant::now();
         let mut q: WaitQueue<u32, ()> = WaitQueue::default();
-        assert_eq!(q.next_in_line("k"), Turn::Nobody);
+        assert_eq!(q.next_in_line("k", |_| true), Turn::Nobody);
         assert_eq!(q.join(1, "k", (), plan(None, 100, t0), t0), Start::Attempt);
         q.attempting(1);
         // Later waiters do not barge past the first: they wait, watching.
@@ -422,7 +430,7 @@ mod tests {
         q.held(1, t0);
         let mut order = Vec::new();
         for _ in 0..HAND_OVER_STREAK {
-            match q.next_in_line("k") {
+            match q.next_in_line("k", |_| true) {
                 Turn::HandOver(id) => {
                     // Its attempt follows the release and takes the lock.
                     order.push(id);
@@ -433,9 +441,13 @@ mod tests {
             }
         }
         assert_eq!(order, [1, 2, 3, 4], "first come, first served");
-        assert_eq!(q.next_in_line("k"), Turn::Open, "the 5th release is open");
         assert_eq!(
-            q.next_in_line("k"),
+            q.next_in_line("k", |_| true),
+            Turn::Open,
+            "the 5th release is open"
+        );
+        assert_eq!(
+            q.next_in_line("k", |_| true),
             Turn::HandOver(5),
             "and the streak starts over"
         );
@@ -463,8 +475,8 @@ mod tests {
         let mut q: WaitQueue<u32, ()> = WaitQueue::default();
         q.join(1, "k", (), plan(None, 100, t0), t0);
         q.attempting(1);
-        assert_eq!(q.next_in_line("k"), Turn::Open);
-        assert_eq!(q.next_in_line("other"), Turn::Nobody);
+        assert_eq!(q.next_in_line("k", |_| true), Turn::Open);
+        assert_eq!(q.next_in_line("other", |_| true), Turn::Nobody);
         assert!(q.remove(1).is_some());
         assert!(q.is_empty());
         assert_eq!(q.next_timer(), None);

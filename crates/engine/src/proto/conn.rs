@@ -42,6 +42,9 @@ use crate::proto::resp::Decoder;
 /// Who made a request; chosen by the owner of the connection, handed back with the answer.
 pub(crate) type Tag = u64;
 
+/// The tag of a give-back's answer: nobody made it (see `Core`).
+pub(crate) const UNOWNED: Tag = u64::MAX;
+
 /// Requests written and not yet answered, at most (valkey-glide's default is 1000 too).
 pub(crate) const MAX_IN_FLIGHT: usize = 1000;
 
@@ -164,6 +167,8 @@ pub(crate) struct Conn {
     decoder: Decoder,
     /// Scripts this socket's server has cached (`Script::bit`).
     scripts: u8,
+    /// SCRIPT LOAD was refused: scripts go as EVAL.
+    eval_only: bool,
     give_backs: Vec<GiveBack>,
     /// Whether a reply has come on this socket.
     confirmed: bool,
@@ -185,6 +190,7 @@ impl Conn {
             out: Vec::new(),
             decoder: Decoder::default(),
             scripts: 0,
+            eval_only: false,
             give_backs: Vec::new(),
             confirmed: false,
             opened_at: now,
@@ -540,6 +546,10 @@ impl Conn {
     }
 
     fn write(&mut self, purpose: Purpose, request: Request, now: Instant) {
+        if self.eval_only {
+            request.encode(&mut self.out, true);
+            return self.push_in_flight(purpose, request, now);
+        }
         if let Some(script) = request.script()
             && self.scripts & script.bit() == 0
         {
@@ -584,8 +594,14 @@ impl Conn {
                 self.push_in_flight(sent.purpose, sent.request, now);
                 return;
             }
+            let redirected_tag = match (&sent.purpose, &sent.request) {
+                (Purpose::Call(tag), _) => Some(*tag),
+                // A give-back whose slot moved: the core sends it on.
+                (Purpose::Internal, Request::Release { .. }) => Some(UNOWNED),
+                _ => None,
+            };
             if let Some((ask, slot, host, port)) = redirect(&code, err.details())
-                && let Purpose::Call(tag) = sent.purpose
+                && let Some(tag) = redirected_tag
             {
                 self.answers.push(Answer {
                     tag,
@@ -623,7 +639,13 @@ impl Conn {
                     }
                 }
                 Purpose::Handshake => self.handshake_failed(error, now),
-                Purpose::Internal => {}
+                Purpose::Internal => {
+                    if let Request::LoadScript(_) = sent.request {
+                        // SCRIPT LOAD refused (an ACL, a proxy): send every script itself from
+                        // now on, so calls never take the NOSCRIPT detour (and keep their order).
+                        self.eval_only = true;
+                    }
+                }
             }
             return;
         }
@@ -670,9 +692,12 @@ impl Conn {
                         self.up(now);
                     }
                 }
-                Err(why) => {
-                    let err =
-                        error::cannot_connect(&target, &format!("the handshake got an {why}"));
+                Err(_) => {
+                    // Never the reply itself: a peer that echoes would send the AUTH back.
+                    let err = error::cannot_connect(
+                        &target,
+                        "the server answered the handshake with something that is not a Redis reply",
+                    );
                     self.handshake_failed(err, now);
                 }
             },
@@ -775,7 +800,7 @@ fn redirect(code: &str, detail: Option<&str>) -> Option<(bool, u16, String, u16)
         _ => return None,
     };
     let mut parts = detail?.split_whitespace();
-    let slot = parts.next()?.parse().ok()?;
+    let slot: u16 = parts.next()?.parse().ok().filter(|slot| *slot < 16384)?;
     let (host, port) = parts.next()?.rsplit_once(':')?;
     Some((
         ask,

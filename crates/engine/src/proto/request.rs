@@ -19,12 +19,12 @@ pub(crate) struct ExtendItem {
 /// server answers NOSCRIPT).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Request {
-    /// `SET key token PX ttl NX`, with the fencing counter when `fencing`.
+    /// `SET key token PX ttl NX`, and with fencing, `INCR` of the fencing counter `fence`.
     Acquire {
         key: String,
         token: String,
         ttl_ms: u64,
-        fencing: bool,
+        fence: Option<String>,
     },
     /// Compare-and-delete; `publish` tells waiters elsewhere (not when handing the lock to a
     /// waiter whose attempt follows on the same connection).
@@ -92,7 +92,7 @@ impl Request {
     /// The script this request runs, if it is one.
     pub(crate) fn script(&self) -> Option<Script> {
         match self {
-            Request::Acquire { fencing: true, .. } => Some(Script::AcquireFenced),
+            Request::Acquire { fence: Some(_), .. } => Some(Script::AcquireFenced),
             Request::Release { .. } => Some(Script::Release),
             Request::Extend { .. } => Some(Script::Extend),
             Request::ExtendMany { .. } => Some(Script::ExtendMany),
@@ -130,7 +130,7 @@ impl Request {
                 key,
                 token,
                 ttl_ms,
-                fencing: false,
+                fence: None,
             } => {
                 numbers.push(ttl_ms.to_string());
                 vec![
@@ -143,9 +143,11 @@ impl Request {
                 ]
             }
             Request::Acquire {
-                key, token, ttl_ms, ..
+                key,
+                token,
+                ttl_ms,
+                fence: Some(fence),
             } => {
-                let fence = keys::fence_key(key);
                 let ttl = ttl_ms.to_string();
                 return script_call(
                     out,
@@ -226,7 +228,7 @@ impl Request {
     pub(crate) fn interpret(&self, value: Value) -> Result<Reply, String> {
         let unexpected = |value: &Value| Err(format!("unexpected reply {}", brief(value)));
         match self {
-            Request::Acquire { fencing: true, .. } => match value {
+            Request::Acquire { fence: Some(_), .. } => match value {
                 Value::Int(0) => Ok(Reply::Acquired(None)),
                 Value::Int(fence) if fence > 0 => Ok(Reply::Acquired(Some(Some(fence)))),
                 other => unexpected(&other),
@@ -343,15 +345,30 @@ fn slot_ranges(value: &Value) -> Result<Vec<SlotRange>, String> {
         .collect()
 }
 
-/// A reply, shortened for a message (never the whole of a large one).
+/// What a reply is, for a message: its type and size, never its text (a peer that echoes would
+/// send back what was written: a token, or AUTH's password).
 pub(crate) fn brief(value: &Value) -> String {
-    let text = format!("{value:?}");
-    if text.chars().count() > 80 {
-        let mut short: String = text.chars().take(80).collect();
-        short.push('…');
-        short
-    } else {
-        text
+    match value {
+        Value::Nil => "nil".into(),
+        Value::Int(n) => format!("integer {n}"),
+        Value::BulkString(bytes) => format!("a string of {} bytes", bytes.len()),
+        Value::SimpleString(text) => format!("a status of {} bytes", text.len()),
+        Value::Okay => "OK".into(),
+        Value::Array(items) | Value::Set(items) => format!("an array of {} items", items.len()),
+        Value::Map(items) => format!("a map of {} items", items.len()),
+        Value::Double(_) => "a double".into(),
+        Value::Boolean(_) => "a boolean".into(),
+        other => format!("a reply of RESP3 type {}", resp3_name(other)),
+    }
+}
+
+fn resp3_name(value: &Value) -> &'static str {
+    match value {
+        Value::Attribute { .. } => "attribute",
+        Value::VerbatimString { .. } => "verbatim string",
+        Value::Push { .. } => "push",
+        Value::ServerError(_) => "error",
+        _ => "other",
     }
 }
 
@@ -399,7 +416,7 @@ mod tests {
             key: "lock:a".into(),
             token: "t".into(),
             ttl_ms: 5000,
-            fencing: false,
+            fence: None,
         };
         assert_eq!(acquire.script(), None);
         assert_eq!(
@@ -420,7 +437,7 @@ mod tests {
             key: "k".into(),
             token: "t".into(),
             ttl_ms: 1,
-            fencing: true,
+            fence: Some("{x}:fence:".into()),
         };
         assert_eq!(
             fenced.interpret(Value::Int(7)),

@@ -119,5 +119,6 @@ pub fn once(ttl_ms: u64) -> AcquireOptions {
         auto_extend: false,
         watch: false,
         replicas: None,
+        max_hold: None,
     }
 }
