@@ -50,7 +50,10 @@ async function run(a, lock, report) {
     /** @type {import('../lease').Lease | null} */
     let lease;
     try {
-      lease = await lock.acquireLease(resource, { ttl: a.ttl, autoExtend: true, ...waitOptions(a), signal: waiting.signal });
+      // --max-hold: the library stops extending then (so the lock ends even if this process
+      // hangs), and the timer below stops the command at that moment.
+      const maxHold = a.maxHold === undefined ? {} : { maxHoldTime: a.maxHold };
+      lease = await lock.acquireLease(resource, { ttl: a.ttl, autoExtend: true, ...maxHold, ...waitOptions(a), signal: waiting.signal });
     } catch (err) {
       if (interrupted) return stoppedWaiting(a, report, interrupted);
       report.error(err, { resource });
@@ -95,7 +98,7 @@ async function run(a, lock, report) {
     };
     held.signal.addEventListener('abort', onLost, { once: true });
     if (held.signal.aborted) onLost();
-    // The CLI's own max hold time; to become the library's `maxHoldTime` once it has one.
+    // The command stops when --max-hold passes (the lease's own end comes later, at its deadline).
     const holdTimer =
       a.maxHold === undefined ? undefined : setTimeout(() => stop('max-hold', `held the lock on "${resource}" for --max-hold ${duration(/** @type {number} */ (a.maxHold))}`), a.maxHold);
 
