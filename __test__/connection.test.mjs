@@ -218,6 +218,16 @@ test('TLS: ioredis tls options with a private CA, and rediss:// with rejectUnaut
     const answers = await Promise.all(Array.from({ length: 200 }, (_, i) => lock.acquire(`tls-many-${i}`, { ttl: 5000 })));
     assert.equal(new Set(answers).size, 200);
     assert.ok(answers.every((t) => typeof t === 'string'));
+
+    // Killed and restarted while an auto-extended lease is held: the Lock works again over TLS.
+    const held = await lock.acquire('tls-phoenix', { ttl: 600, autoExtend: true });
+    assert.ok(held);
+    await tlsServer.kill();
+    await assert.rejects(lock.isLocked('tls-phoenix'), LockConnectionError);
+    await tlsServer.restart();
+    const again = await lock.acquire('tls-phoenix', { ttl: 5000, retryCount: 20, retryDelay: 50 });
+    assert.ok(again && again !== held, 'the restarted server had no data');
+    assert.equal(await lock.release('tls-phoenix', again), true);
   } finally {
     await tlsServer.stop();
   }

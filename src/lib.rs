@@ -104,7 +104,7 @@ impl NativeLocker {
             // As above.
             let _ = extended.call(moved, ThreadsafeFunctionCallMode::NonBlocking);
         });
-        let on_lane = lane::usable(&topology);
+        let on_lane = lane::usable();
         let poster = settler.poster();
         let transport = if on_lane {
             Transport::EventLoop(Arc::new(move || poster.post_lane(LaneEvent::Wake)))

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use napi::sys;
 use napi::{Error, Result, Status};
-use sdl_engine::net::open::StdStream;
+use sdl_engine::net::open::{StdStream, TlsSession};
 use sdl_engine::{CallId, EngineError, EngineResult, Outcome};
 
 use crate::errors::code_and_message;
@@ -70,7 +70,7 @@ pub(crate) enum LaneEvent {
     Opened {
         conn: usize,
         epoch: u64,
-        result: EngineResult<StdStream>,
+        result: Box<EngineResult<(StdStream, Option<TlsSession>)>>,
     },
     /// The core changed from the runtime side (a release heard, a failover, a close).
     Wake,

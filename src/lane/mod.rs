@@ -24,25 +24,19 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use napi::sys;
-use sdl_engine::net::open::{self, StdStream};
-use sdl_engine::{Core, EngineError, ErrorKind, Locker, Topology};
+use sdl_engine::net::io::SocketIo;
+use sdl_engine::net::open::{self, StdStream, TlsSession};
+use sdl_engine::{Core, EngineError, ErrorKind, Locker};
 
 use crate::js::{AsyncScope, JsEnv};
 use crate::settle::{LaneEvent, Poster, Settler};
 use uv::UvHandle;
 
-/// Whether the lane can carry this deployment here: libuv is reachable (not on Windows), no
-/// server needs TLS (that stays on the runtime for now), and `SDL_EVENT_LOOP_LANE` is not `0`.
-pub(crate) fn usable(topology: &Topology) -> bool {
-    let plain = match topology {
-        Topology::Single(config) => config.tls.is_none(),
-        Topology::Sentinel(sentinel) => sentinel.master.tls.is_none(),
-        Topology::Cluster(nodes) | Topology::Redlock(nodes) => {
-            nodes.iter().all(|n| n.tls.is_none())
-        }
-    };
+/// Whether the lane can run here: libuv is reachable (not on Windows) and `SDL_EVENT_LOOP_LANE`
+/// is not `0`. It carries every deployment: one server, Sentinel, Cluster, Redlock, plain or TLS.
+pub(crate) fn usable() -> bool {
     let enabled = std::env::var("SDL_EVENT_LOOP_LANE").map_or(true, |v| v != "0");
-    plain && enabled && uv::available()
+    enabled && uv::available()
 }
 
 /// Where a settlement is made from.
@@ -67,6 +61,8 @@ struct PollData {
     conn: usize,
     epoch: u64,
     stream: RefCell<StdStream>,
+    /// Its bytes' state: the TLS session, if any.
+    io: RefCell<SocketIo>,
 }
 
 pub(crate) struct Lane {
@@ -212,15 +208,13 @@ impl Lane {
         let endpoint = core.endpoint(conn).clone();
         let poster = self.poster.clone();
         self.locker.runtime().spawn(async move {
+            // Connect, TLS handshake and Sentinel's answer on the runtime; then the socket and its
+            // TLS session go to the loop.
             let result = match open::open(&endpoint).await {
-                Ok(opened) if opened.tls.is_some() => Err(EngineError::new(
-                    ErrorKind::Unsupported,
-                    "the event-loop transport does not do TLS",
-                )),
                 Ok(opened) => opened
                     .stream
                     .into_std()
-                    .and_then(|stream| stream.set_nonblocking().map(|()| stream))
+                    .and_then(|stream| stream.set_nonblocking().map(|()| (stream, opened.tls)))
                     .map_err(|e| {
                         EngineError::new(
                             ErrorKind::Connection,
@@ -232,7 +226,7 @@ impl Lane {
             poster.post_lane(LaneEvent::Opened {
                 conn,
                 epoch,
-                result,
+                result: Box::new(result),
             });
         });
     }
@@ -245,7 +239,7 @@ impl Lane {
             result,
         } = event
         {
-            self.install(conn, epoch, result);
+            self.install(conn, epoch, *result);
         }
         self.pump(From::Callback);
     }
@@ -254,11 +248,11 @@ impl Lane {
         self: &Rc<Self>,
         conn: usize,
         epoch: u64,
-        result: sdl_engine::EngineResult<StdStream>,
+        result: sdl_engine::EngineResult<(StdStream, Option<TlsSession>)>,
     ) {
         let now = Instant::now();
-        let stream = match result {
-            Ok(stream) => stream,
+        let (stream, tls) = match result {
+            Ok(opened) => opened,
             Err(err) => return crate::lock_core(&self.locker).open_failed(conn, epoch, err, now),
         };
         if self.shut.get() {
@@ -277,6 +271,7 @@ impl Lane {
             conn,
             epoch,
             stream: RefCell::new(stream),
+            io: RefCell::new(SocketIo::new(tls)),
         }));
         poll.set_data(data as *mut c_void);
         let kept = crate::lock_core(&self.locker).opened(conn, epoch, now)
@@ -339,31 +334,16 @@ impl Lane {
             // SAFETY: `data` stays valid while the socket is in `sockets` (it is freed only in
             // the poll handle's close callback, after the socket left `sockets`).
             let data = unsafe { &*socket.data };
-            let mut broken = None;
-            loop {
-                let out = core.output(conn);
-                if out.is_empty() {
-                    break;
+            let written = data.io.borrow_mut().write(&mut core, conn, |bytes| {
+                data.stream.borrow_mut().write(bytes)
+            });
+            let pending = match written {
+                Ok(pending) => pending,
+                Err(why) => {
+                    core.socket_closed(conn, socket.epoch, &why, now);
+                    continue;
                 }
-                match data.stream.borrow_mut().write(out) {
-                    Ok(0) => {
-                        broken = Some("the connection closed".to_owned());
-                        break;
-                    }
-                    Ok(n) => core.written(conn, n),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        broken = Some(open::describe(&e));
-                        break;
-                    }
-                }
-            }
-            if let Some(why) = broken {
-                core.socket_closed(conn, socket.epoch, &why, now);
-                continue;
-            }
-            let pending = !core.output(conn).is_empty();
+            };
             left |= pending;
             let want = if pending {
                 uv::READABLE | uv::WRITABLE
@@ -389,29 +369,11 @@ impl Lane {
 
     /// Reads what the socket of `conn` holds and feeds it to the core.
     fn read(&self, conn: usize, epoch: u64, data: &PollData) {
-        let mut bytes = Vec::new();
-        let mut done = None;
         let mut chunk = [0u8; 16 * 1024];
-        loop {
-            match data.stream.borrow_mut().read(&mut chunk) {
-                Ok(0) => {
-                    done = Some("the connection closed".to_owned());
-                    break;
-                }
-                Ok(n) => {
-                    bytes.extend_from_slice(&chunk[..n]);
-                    if n < chunk.len() {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    done = Some(open::describe(&e));
-                    break;
-                }
-            }
-        }
+        let (bytes, done) = data
+            .io
+            .borrow_mut()
+            .read(|into| data.stream.borrow_mut().read(into), &mut chunk);
         let mut core = crate::lock_core(&self.locker);
         let now = Instant::now();
         if !bytes.is_empty() {

@@ -18,8 +18,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::{Core, Event};
+use crate::net::io::SocketIo;
 use crate::net::open::{self, Opened, Stream};
-use crate::net::tls::TlsLayer;
 
 pub(crate) type EventSink = Box<dyn Fn(Vec<Event>) + Send + Sync>;
 
@@ -66,9 +66,7 @@ pub(crate) fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
 struct Socket {
     epoch: u64,
     stream: Stream,
-    tls: Option<TlsLayer>,
-    /// TLS: bytes for the socket not yet written.
-    outbox: Vec<u8>,
+    io: SocketIo,
     want_write: bool,
 }
 
@@ -90,86 +88,33 @@ impl Socket {
         (readable, writable)
     }
 
-    fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match &self.stream {
-            Stream::Tcp(s) => s.try_read(buf),
-            #[cfg(unix)]
-            Stream::Unix(s) => s.try_read(buf),
-        }
-    }
-
-    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
-        match &self.stream {
-            Stream::Tcp(s) => s.try_write(buf),
-            #[cfg(unix)]
-            Stream::Unix(s) => s.try_write(buf),
-        }
-    }
-
     /// Reads what the socket holds now: plaintext for the core, or why the socket is done.
     fn drain(&mut self, buf: &mut [u8]) -> (Vec<u8>, Option<String>) {
-        let mut plain = Vec::new();
-        loop {
-            match self.try_read(buf) {
-                Ok(0) => return (plain, Some("the connection closed".into())),
-                Ok(n) => {
-                    let bytes = &buf[..n];
-                    match &mut self.tls {
-                        None => plain.extend_from_slice(bytes),
-                        Some(tls) => {
-                            if let Err(why) = tls.read_socket(bytes, &mut plain) {
-                                return (plain, Some(why));
-                            }
-                            // Alerts and key updates may want an answer.
-                            tls.take_socket_bytes(&mut self.outbox);
-                        }
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return (plain, None),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return (plain, Some(open::describe(&e))),
-            }
-        }
+        let Socket { stream, io, .. } = self;
+        io.read(|into| read_stream(stream, into), buf)
     }
 
     /// Writes what `core` has for this socket; `Err` says why the socket is done.
     fn flush(&mut self, core: &mut Core, conn: usize) -> Result<(), String> {
-        if let Some(tls) = &mut self.tls {
-            let plain = core.output(conn);
-            if !plain.is_empty() {
-                let taken = tls.write_plain(plain);
-                core.written(conn, taken);
-            }
-            tls.take_socket_bytes(&mut self.outbox);
-            while !self.outbox.is_empty() {
-                match self.try_write(&self.outbox) {
-                    Ok(n) => {
-                        self.outbox.drain(..n);
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(open::describe(&e)),
-                }
-            }
-            self.want_write = !self.outbox.is_empty() || !core.output(conn).is_empty();
-            return Ok(());
-        }
-        loop {
-            let out = core.output(conn);
-            if out.is_empty() {
-                self.want_write = false;
-                return Ok(());
-            }
-            match self.try_write(out) {
-                Ok(n) => core.written(conn, n),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    self.want_write = true;
-                    return Ok(());
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(open::describe(&e)),
-            }
-        }
+        let Socket { stream, io, .. } = self;
+        self.want_write = io.write(core, conn, |bytes| write_stream(stream, bytes))?;
+        Ok(())
+    }
+}
+
+fn read_stream(stream: &Stream, into: &mut [u8]) -> std::io::Result<usize> {
+    match stream {
+        Stream::Tcp(s) => s.try_read(into),
+        #[cfg(unix)]
+        Stream::Unix(s) => s.try_read(into),
+    }
+}
+
+fn write_stream(stream: &Stream, bytes: &[u8]) -> std::io::Result<usize> {
+    match stream {
+        Stream::Tcp(s) => s.try_write(bytes),
+        #[cfg(unix)]
+        Stream::Unix(s) => s.try_write(bytes),
     }
 }
 
@@ -231,8 +176,7 @@ async fn run(shared: Arc<Shared>) {
                             sockets[conn] = Some(Socket {
                                 epoch,
                                 stream: opened.stream,
-                                tls: opened.tls.map(TlsLayer::new),
-                                outbox: Vec::new(),
+                                io: SocketIo::new(opened.tls),
                                 want_write: false,
                             });
                         }

@@ -2,5 +2,6 @@
 //! path, and the tokio transport that drives a core.
 
 pub(crate) mod driver;
+pub mod io;
 pub mod open;
 pub mod tls;

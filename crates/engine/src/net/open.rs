@@ -14,10 +14,13 @@ pub enum Stream {
     Unix(tokio::net::UnixStream),
 }
 
+/// An established TLS session (rustls's sans-IO client).
+pub type TlsSession = rustls::ClientConnection;
+
 /// A socket ready for Redis: connected, and for TLS, with its session established.
 pub struct Opened {
     pub stream: Stream,
-    pub tls: Option<rustls::ClientConnection>,
+    pub tls: Option<TlsSession>,
 }
 
 impl Stream {
