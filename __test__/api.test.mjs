@@ -277,7 +277,7 @@ test('Symbol.asyncDispose closes the Lock', async () => {
 
 test('Lock instances share nothing: two Locks on one Redis exclude each other', async () => {
   const a = new Lock(redis);
-  const b = new Lock(new Redis({ port: server.port, lazyConnect: true }));
+  const b = new Lock(server.client({ lazyConnect: true }));
   const token = await a.acquire('shared');
   assert.ok(token);
   assert.equal(await b.acquire('shared'), null);

@@ -133,7 +133,7 @@ test('acquireLease: fields, extend moves expiresAt, release, and a release is no
   assert.ok(Number.isInteger(lease.fence) && /** @type {number} */ (lease.fence) >= 1);
   assert.equal(Number(await raw.get(fenceKey('lock:lease-fields'))), lease.fence);
   const first = lease.expiresAt;
-  assert.ok(first > Date.now() + 1800 && first <= Date.now() + 2000, `${first - Date.now()}`);
+  assert.ok(first > Date.now() + 1500 && first <= Date.now() + 2000, `${first - Date.now()}`);
   await sleep(300);
   assert.equal(await lease.extend(10000), true);
   assert.ok(lease.expiresAt > Date.now() + 9000, 'extend moved the deadline');

@@ -5,10 +5,13 @@
 //   1. the native addon (release build, incremental)
 //   2. engine tests in Rust (cargo test), against redis-server processes they start
 //   3. the TypeScript check of the facade, the tests and the v1 README consumer
-//   4. the JS black-box tests (node --test), against real Redis
+//   4. the JS black-box tests (node --test), against real Redis; then the API tests again with
+//      the event-loop transport off, and the API and lease tests over TLS
 // Needs: cargo, redis-server on PATH, and Redis on localhost:6379 for the README examples.
 
-const { spawnSync } = require('node:child_process');
+const { execFileSync, spawnSync } = require('node:child_process');
+const { mkdtempSync, rmSync, writeFileSync } = require('node:fs');
+const { tmpdir } = require('node:os');
 const { join } = require('node:path');
 
 const root = join(__dirname, '..');
@@ -27,12 +30,38 @@ const steps = [
   ['black-box tests (node --test)', process.execPath, ['--test', '--test-reporter=spec', '__test__/']],
   // The same API tests once more with every call on the runtime path (the event-loop lane off).
   ['API tests, event-loop lane off', process.execPath, ['--test', '--test-reporter=dot', '__test__/api.test.mjs', '__test__/connection.test.mjs', '__test__/leases.test.mjs', '__test__/faults.test.mjs']],
+  // The API and lease suites once more with every server TLS-only (see helpers/redis-server.mjs).
+  ['API and lease tests over TLS', process.execPath, ['--test', '--test-reporter=dot', '__test__/api.test.mjs', '__test__/leases.test.mjs']],
 ];
+
+/** A CA and a server certificate for 127.0.0.1 / localhost, made with openssl, in a fresh directory. */
+function makeTlsDir() {
+  const dir = mkdtempSync(join(tmpdir(), 'sdl-tls-'));
+  const at = (/** @type {string} */ name) => join(dir, name);
+  const run = (/** @type {string[]} */ args) => execFileSync('openssl', args, { stdio: 'ignore' });
+  run(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', '/CN=sdl-test-ca', '-keyout', at('ca.key'), '-out', at('ca.crt')]);
+  run(['req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=127.0.0.1', '-keyout', at('server.key'), '-out', at('server.csr')]);
+  writeFileSync(at('ext.cnf'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n');
+  run(['x509', '-req', '-in', at('server.csr'), '-CA', at('ca.crt'), '-CAkey', at('ca.key'), '-CAcreateserial', '-days', '2', '-extfile', at('ext.cnf'), '-out', at('server.crt')]);
+  return dir;
+}
+
+/** @param {string} title */
+function envFor(title) {
+  if (title.includes('lane off')) return { ...process.env, SDL_EVENT_LOOP_LANE: '0' };
+  if (title.includes('over TLS')) {
+    const dir = makeTlsDir();
+    process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
+    // Node (for ioredis) and the engine both add NODE_EXTRA_CA_CERTS to their roots.
+    return { ...process.env, SDL_TEST_TLS: dir, NODE_EXTRA_CA_CERTS: join(dir, 'ca.crt') };
+  }
+  return process.env;
+}
 
 for (const [title, command, args] of steps) {
   console.log(`\n== ${title}: ${command} ${args.join(' ')}`);
   const started = Date.now();
-  const env = title.includes('lane off') ? { ...process.env, SDL_EVENT_LOOP_LANE: '0' } : process.env;
+  const env = envFor(title);
   const result = spawnSync(command, args, { cwd: root, stdio: 'inherit', env });
   const seconds = ((Date.now() - started) / 1000).toFixed(1);
   if (result.status !== 0) {

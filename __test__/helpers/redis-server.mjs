@@ -34,6 +34,23 @@ async function waitForPort(port, timeoutMs) {
   }
 }
 
+/**
+ * `SDL_TEST_TLS=<dir>` (with ca.crt, server.crt, server.key in it, and NODE_EXTRA_CA_CERTS naming
+ * the CA): every server speaks TLS only, `url` is `rediss://`, and `client()` uses TLS, so the same
+ * suites run over TLS (`npm test` does this for the API and lease suites).
+ */
+const TLS_DIR = process.env.SDL_TEST_TLS;
+
+/** redis-server arguments that make it TLS-only on `port`. @param {number} port */
+function tlsArgs(port) {
+  if (!TLS_DIR) return [];
+  return [
+    '--port', '0', '--tls-port', String(port),
+    '--tls-cert-file', `${TLS_DIR}/server.crt`, '--tls-key-file', `${TLS_DIR}/server.key`,
+    '--tls-ca-cert-file', `${TLS_DIR}/ca.crt`, '--tls-auth-clients', 'no',
+  ];
+}
+
 export class RedisServer {
   /** @param {number} port @param {string[]} args */
   constructor(port, args) {
@@ -55,7 +72,7 @@ export class RedisServer {
   async spawn() {
     const child = spawn(
       'redis-server',
-      ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...this.args],
+      ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...tlsArgs(this.port), ...this.args],
       { stdio: 'ignore' },
     );
     this.child = child;
@@ -66,7 +83,7 @@ export class RedisServer {
   }
 
   get url() {
-    return `redis://127.0.0.1:${this.port}`;
+    return `${TLS_DIR ? 'rediss' : 'redis'}://127.0.0.1:${this.port}`;
   }
 
   /** Stops the server at once (SIGKILL): its data is gone, like a crash. */
@@ -89,7 +106,8 @@ export class RedisServer {
    * @param {import('ioredis').RedisOptions} [options]
    */
   client(options = {}) {
-    const client = new Redis({ port: this.port, host: '127.0.0.1', lazyConnect: false, maxRetriesPerRequest: 1, ...options });
+    const tls = TLS_DIR ? { tls: {} } : {};
+    const client = new Redis({ port: this.port, host: '127.0.0.1', lazyConnect: false, maxRetriesPerRequest: 1, ...tls, ...options });
     client.on('error', () => {});
     this.clients.push(client);
     return client;

@@ -4,8 +4,6 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::error::{EngineError, EngineResult, ErrorKind};
-
 /// Default limit for one connection attempt, handshake included.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
 /// Default limit for one command's reply.
@@ -79,81 +77,6 @@ impl ServerConfig {
             ServerAddress::Unix { path } => path.display().to_string(),
         }
     }
-
-    pub(crate) fn client(&self) -> EngineResult<redis::Client> {
-        let info = self.connection_info()?;
-        match self.tls_certificates() {
-            Some(certs) => redis::Client::build_with_tls(info, certs),
-            None => redis::Client::open(info),
-        }
-        .map_err(|e| self.config_error(&e))
-    }
-
-    /// Address, credentials and database, as the redis crate takes them.
-    pub(crate) fn connection_info(&self) -> EngineResult<redis::ConnectionInfo> {
-        let addr = match (&self.address, &self.tls) {
-            (ServerAddress::Tcp { host, port }, None) => {
-                redis::ConnectionAddr::Tcp(host.clone(), *port)
-            }
-            (ServerAddress::Tcp { host, port }, Some(tls)) => redis::ConnectionAddr::TcpTls {
-                host: host.clone(),
-                port: *port,
-                insecure: !tls.reject_unauthorized,
-                tls_params: None,
-            },
-            (ServerAddress::Unix { path }, _) => redis::ConnectionAddr::Unix(path.clone()),
-        };
-        let mut redis_info = redis::RedisConnectionInfo::default()
-            .set_db(self.db)
-            .set_lib_name("simple-distributed-lock", env!("CARGO_PKG_VERSION"));
-        if let Some(username) = &self.username {
-            redis_info = redis_info.set_username(username);
-        }
-        if let Some(password) = &self.password {
-            redis_info = redis_info.set_password(password);
-        }
-        if self.tls.is_some() {
-            install_crypto_provider();
-        }
-        Ok(redis::IntoConnectionInfo::into_connection_info(addr)
-            .map_err(|e| self.config_error(&e))?
-            .set_redis_settings(redis_info))
-    }
-
-    /// Private CA and client certificate, if the TLS settings name any.
-    pub(crate) fn tls_certificates(&self) -> Option<redis::TlsCertificates> {
-        let tls = self.tls.as_ref()?;
-        if tls.ca.is_none() && tls.cert.is_none() {
-            return None;
-        }
-        Some(redis::TlsCertificates {
-            client_tls: match (&tls.cert, &tls.key) {
-                (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
-                    client_cert: cert.clone(),
-                    client_key: key.clone(),
-                }),
-                _ => None,
-            },
-            root_cert: tls.ca.clone(),
-        })
-    }
-
-    pub(crate) fn config_error(&self, err: &redis::RedisError) -> EngineError {
-        EngineError::new(
-            ErrorKind::Config,
-            format!(
-                "invalid connection settings for {}: {}",
-                self.target(),
-                err.detail().unwrap_or_else(|| err.category())
-            ),
-        )
-    }
-}
-
-/// rustls needs one process-wide crypto provider; ring is the one compiled in.
-fn install_crypto_provider() {
-    // Err means another part of the process installed one first, which serves as well.
-    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 impl fmt::Debug for ServerConfig {

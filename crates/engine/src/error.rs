@@ -83,58 +83,6 @@ impl EngineError {
     pub fn message(&self) -> &str {
         &self.message
     }
-
-    /// Classifies an error of the redis crate that happened while talking to `target`.
-    ///
-    /// `timeout` is the limit that applied, for the message.
-    pub(crate) fn from_redis(err: &redis::RedisError, target: &str, timeout: Duration) -> Self {
-        use redis::ErrorKind as K;
-        let ms = timeout.as_millis();
-        if err.is_timeout() {
-            return Self::new(
-                ErrorKind::Timeout,
-                format!("Redis at {target} did not answer within {ms} ms"),
-            );
-        }
-        if err.is_connection_refusal() {
-            return Self::new(
-                ErrorKind::Connection,
-                format!("cannot connect to Redis at {target}: connection refused"),
-            );
-        }
-        let code = err.code().unwrap_or("");
-        if err.kind() == K::AuthenticationFailed
-            || matches!(code, "WRONGPASS" | "NOAUTH" | "NOPERM")
-        {
-            return Self::new(
-                ErrorKind::Auth,
-                format!(
-                    "Redis at {target} refused the credentials: {}",
-                    describe_server_error(err)
-                ),
-            );
-        }
-        match err.kind() {
-            K::Io | K::Parse => Self::new(
-                ErrorKind::Connection,
-                format!("connection to Redis at {target} failed: {}", io_detail(err)),
-            ),
-            K::InvalidClientConfig => Self::new(
-                ErrorKind::Config,
-                format!(
-                    "invalid connection settings for {target}: {}",
-                    err.category()
-                ),
-            ),
-            _ => Self::new(
-                ErrorKind::Redis,
-                format!(
-                    "Redis at {target} replied with an error: {}",
-                    describe_server_error(err)
-                ),
-            ),
-        }
-    }
 }
 
 /// A server's error reply, as the engine reports it: the one place that says what each code
@@ -184,27 +132,6 @@ pub(crate) fn timed_out(target: &str, limit: Duration) -> EngineError {
             limit.as_millis()
         ),
     )
-}
-
-/// `CODE detail` of a server error reply, without the crate's decorations.
-fn describe_server_error(err: &redis::RedisError) -> String {
-    match (err.code(), err.detail()) {
-        (Some(code), Some(detail)) => format!("{code} {detail}"),
-        (Some(code), None) => code.to_string(),
-        (None, Some(detail)) => detail.to_string(),
-        (None, None) => err.category().to_string(),
-    }
-}
-
-/// The I/O cause in words (the OS message), or the error's category.
-fn io_detail(err: &redis::RedisError) -> String {
-    // `RedisError`'s Display of an I/O error is the OS error text; it holds no settings.
-    let text = err.to_string();
-    if text.is_empty() {
-        err.category().to_string()
-    } else {
-        text
-    }
 }
 
 impl fmt::Display for EngineError {

@@ -10,10 +10,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use redis::Value;
 
 use crate::config::{ServerAddress, ServerConfig};
-use crate::error::{EngineError, EngineResult, ErrorKind};
+use crate::error::{self, EngineError, EngineResult, ErrorKind};
+use crate::net::link::{self, Link};
 
 #[derive(Debug, Clone)]
 pub struct SentinelConfig {
@@ -63,22 +64,41 @@ async fn ask_sentinel(
     sentinel: &ServerConfig,
     master_name: &str,
 ) -> EngineResult<Option<(String, u16)>> {
-    let target = sentinel.target();
-    let client = sentinel.client()?;
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(sentinel.connect_timeout))
-        .set_response_timeout(Some(sentinel.command_timeout));
-    let mut conn = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .map_err(|e| EngineError::from_redis(&e, &target, sentinel.connect_timeout))?;
-    let reply: Option<(String, u16)> = redis::cmd("SENTINEL")
-        .arg("get-master-addr-by-name")
-        .arg(master_name)
-        .query_async(&mut conn)
-        .await
-        .map_err(|e| EngineError::from_redis(&e, &target, sentinel.command_timeout))?;
-    Ok(reply)
+    let limit = sentinel.connect_timeout + sentinel.command_timeout;
+    let asked = async {
+        let mut link = Link::open(sentinel).await?;
+        link.send(&[
+            b"SENTINEL",
+            b"get-master-addr-by-name",
+            master_name.as_bytes(),
+        ])
+        .await?;
+        let reply = link.next().await?;
+        match reply {
+            Value::Nil => Ok(None),
+            Value::Array(parts) => match parts.as_slice() {
+                [Value::BulkString(host), Value::BulkString(port)] => {
+                    let host = String::from_utf8_lossy(host).into_owned();
+                    let port = std::str::from_utf8(port).ok().and_then(|p| p.parse().ok());
+                    match port {
+                        Some(port) => Ok(Some((host, port))),
+                        None => Err(link::unexpected(link.target(), "get-master-addr-by-name")),
+                    }
+                }
+                _ => Err(link::unexpected(link.target(), "get-master-addr-by-name")),
+            },
+            Value::ServerError(err) => Err(error::server_error(
+                err.code(),
+                err.details(),
+                link.target(),
+            )),
+            _ => Err(link::unexpected(link.target(), "get-master-addr-by-name")),
+        }
+    };
+    match tokio::time::timeout(limit, asked).await {
+        Ok(result) => result,
+        Err(_) => Err(error::timed_out(&sentinel.target(), limit)),
+    }
 }
 
 /// Calls `on_switch(true)` whenever a sentinel announces a new master for this name, and after
@@ -91,27 +111,23 @@ pub(crate) async fn watch_switches(config: Arc<SentinelConfig>, on_switch: impl 
     loop {
         let sentinel = &config.sentinels[attempt % config.sentinels.len()];
         let subscribed = async {
-            let mut pubsub = sentinel.client()?.get_async_pubsub().await.map_err(|e| {
-                EngineError::from_redis(&e, &sentinel.target(), sentinel.connect_timeout)
-            })?;
-            pubsub.subscribe("+switch-master").await.map_err(|e| {
-                EngineError::from_redis(&e, &sentinel.target(), sentinel.command_timeout)
-            })?;
-            Ok::<_, EngineError>(pubsub)
+            let mut link = Link::open(sentinel).await?;
+            link.send(&[b"SUBSCRIBE", b"+switch-master"]).await?;
+            Ok::<_, EngineError>(link)
         };
         let limit = sentinel.connect_timeout + sentinel.command_timeout;
-        if let Ok(Ok(mut pubsub)) = tokio::time::timeout(limit, subscribed).await {
+        if let Ok(Ok(mut link)) = tokio::time::timeout(limit, subscribed).await {
             backoff = Duration::from_millis(100);
             if !on_switch(attempt > 0) {
                 return;
             }
-            let mut messages = pubsub.on_message();
-            while let Some(message) = messages.next().await {
+            while let Ok(value) = link.next().await {
                 // "<name> <old ip> <old port> <new ip> <new port>"
-                let payload: String = message.get_payload().unwrap_or_default();
-                if payload.split(' ').next() == Some(config.master_name.as_str())
-                    && !on_switch(true)
-                {
+                let Some((_, payload)) = link::message(&value) else {
+                    continue;
+                };
+                let name = payload.split(|b| *b == b' ').next();
+                if name == Some(config.master_name.as_bytes()) && !on_switch(true) {
                     return;
                 }
             }

@@ -11,14 +11,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::Endpoint;
-use crate::error::{EngineError, EngineResult};
+use crate::error::EngineResult;
 use crate::keys;
+use crate::net::link::{self as net_link, Link};
 
 /// What the subscriber tells its owner.
 pub(crate) enum Heard<'a> {
@@ -156,7 +156,7 @@ async fn run(inner: Arc<Inner>, mut commands: mpsc::UnboundedReceiver<Command>) 
             result = tokio::time::timeout(inner.connect_timeout * 2, subscriber(&inner, attempt)) => result,
         };
         attempt += 1;
-        let Ok(Ok(pubsub)) = connected else {
+        let Ok(Ok(link)) = connected else {
             // Waiters keep polling meanwhile; try again later.
             tokio::select! {
                 _ = inner.cancel.cancelled() => return,
@@ -166,48 +166,60 @@ async fn run(inner: Arc<Inner>, mut commands: mpsc::UnboundedReceiver<Command>) 
             continue;
         };
         backoff = Duration::from_millis(100);
-        let (mut sink, mut stream) = pubsub.split();
+        let mut link = link;
         let current: Vec<String> = inner.lock_channels().keys().cloned().collect();
         let mut subscribed: HashSet<String> = current.iter().cloned().collect();
-        if !current.is_empty()
-            && !matches!(
-                tokio::time::timeout(inner.command_timeout, sink.subscribe(&current)).await,
+        if !current.is_empty() {
+            let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE"];
+            args.extend(current.iter().map(|c| c.as_bytes()));
+            if !matches!(
+                tokio::time::timeout(inner.command_timeout, link.send(&args)).await,
                 Ok(Ok(()))
-            )
-        {
-            continue;
+            ) {
+                continue;
+            }
         }
         (inner.listener)(Heard::Subscribed);
         loop {
             tokio::select! {
                 _ = inner.cancel.cancelled() => return,
                 command = commands.recv() => {
-                    let outcome = match command {
+                    let sent = match command {
                         None => return,
                         Some(Command::Subscribe(channel))
                             if inner.watched(&channel) && !subscribed.contains(&channel) =>
                         {
-                            let outcome =
-                                tokio::time::timeout(inner.command_timeout, sink.subscribe(&channel)).await;
+                            let sent = tokio::time::timeout(
+                                inner.command_timeout,
+                                link.send(&[b"SUBSCRIBE", channel.as_bytes()]),
+                            )
+                            .await;
                             subscribed.insert(channel);
-                            outcome
+                            sent
                         }
                         Some(Command::Unsubscribe(channel))
                             if !inner.watched(&channel) && subscribed.contains(&channel) =>
                         {
                             subscribed.remove(&channel);
-                            tokio::time::timeout(inner.command_timeout, sink.unsubscribe(channel)).await
+                            tokio::time::timeout(
+                                inner.command_timeout,
+                                link.send(&[b"UNSUBSCRIBE", channel.as_bytes()]),
+                            )
+                            .await
                         }
                         Some(_) => Ok(Ok(())), // superseded by a later change of the same channel
                     };
-                    if !matches!(outcome, Ok(Ok(()))) {
+                    if !matches!(sent, Ok(Ok(()))) {
                         break; // reconnect and resubscribe from the current state
                     }
                 }
-                message = stream.next() => match message {
-                    None => break, // connection lost
-                    Some(message) => {
-                        if let Some(key) = keys::key_of_released_channel(message.get_channel_name()) {
+                value = link.next() => match value {
+                    Err(_) => break, // connection lost
+                    Ok(value) => {
+                        let key = net_link::message(&value)
+                            .and_then(|(channel, _)| std::str::from_utf8(channel).ok())
+                            .and_then(keys::key_of_released_channel);
+                        if let Some(key) = key {
                             (inner.listener)(Heard::Released(key));
                         }
                     }
@@ -218,16 +230,10 @@ async fn run(inner: Arc<Inner>, mut commands: mpsc::UnboundedReceiver<Command>) 
 }
 
 /// A pub/sub connection to one of the sources, in turn.
-async fn subscriber(inner: &Inner, attempt: usize) -> EngineResult<redis::aio::PubSub> {
+async fn subscriber(inner: &Inner, attempt: usize) -> EngineResult<Link> {
     let source = &inner.sources[attempt % inner.sources.len()];
-    let config = match source {
-        Endpoint::Server(config) => (**config).clone(),
-        Endpoint::Sentinel(sentinel) => sentinel.locate_master().await?,
-    };
-    let target = config.target();
-    config
-        .client()?
-        .get_async_pubsub()
-        .await
-        .map_err(|e| EngineError::from_redis(&e, &target, inner.connect_timeout))
+    match source {
+        Endpoint::Server(config) => Link::open(config).await,
+        Endpoint::Sentinel(sentinel) => Link::open(&sentinel.locate_master().await?).await,
+    }
 }

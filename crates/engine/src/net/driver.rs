@@ -72,49 +72,22 @@ struct Socket {
 
 impl Socket {
     fn poll_ready(&self, cx: &mut std::task::Context<'_>) -> (bool, bool) {
-        let readable = match &self.stream {
-            Stream::Tcp(s) => s.poll_read_ready(cx),
-            #[cfg(unix)]
-            Stream::Unix(s) => s.poll_read_ready(cx),
-        }
-        .is_ready();
-        let writable = self.want_write
-            && match &self.stream {
-                Stream::Tcp(s) => s.poll_write_ready(cx),
-                #[cfg(unix)]
-                Stream::Unix(s) => s.poll_write_ready(cx),
-            }
-            .is_ready();
+        let readable = self.stream.poll_read_ready(cx).is_ready();
+        let writable = self.want_write && self.stream.poll_write_ready(cx).is_ready();
         (readable, writable)
     }
 
     /// Reads what the socket holds now: plaintext for the core, or why the socket is done.
     fn drain(&mut self, buf: &mut [u8]) -> (Vec<u8>, Option<String>) {
         let Socket { stream, io, .. } = self;
-        io.read(|into| read_stream(stream, into), buf)
+        io.read(|into| stream.try_read(into), buf)
     }
 
     /// Writes what `core` has for this socket; `Err` says why the socket is done.
     fn flush(&mut self, core: &mut Core, conn: usize) -> Result<(), String> {
         let Socket { stream, io, .. } = self;
-        self.want_write = io.write(core, conn, |bytes| write_stream(stream, bytes))?;
+        self.want_write = io.write(core, conn, |bytes| stream.try_write(bytes))?;
         Ok(())
-    }
-}
-
-fn read_stream(stream: &Stream, into: &mut [u8]) -> std::io::Result<usize> {
-    match stream {
-        Stream::Tcp(s) => s.try_read(into),
-        #[cfg(unix)]
-        Stream::Unix(s) => s.try_read(into),
-    }
-}
-
-fn write_stream(stream: &Stream, bytes: &[u8]) -> std::io::Result<usize> {
-    match stream {
-        Stream::Tcp(s) => s.try_write(bytes),
-        #[cfg(unix)]
-        Stream::Unix(s) => s.try_write(bytes),
     }
 }
 

@@ -64,18 +64,35 @@ impl SocketIo {
         &mut self,
         core: &mut Core,
         conn: usize,
+        write: impl FnMut(&[u8]) -> Result<usize>,
+    ) -> std::result::Result<bool, String> {
+        self.write_from(&mut CoreOutput { core, conn }, write)
+    }
+
+    /// Like `write`, for bytes of the caller's own (`out` keeps what the socket did not take).
+    pub fn write_bytes(
+        &mut self,
+        out: &mut Vec<u8>,
+        write: impl FnMut(&[u8]) -> Result<usize>,
+    ) -> std::result::Result<bool, String> {
+        self.write_from(out, write)
+    }
+
+    fn write_from(
+        &mut self,
+        source: &mut impl Outgoing,
         mut write: impl FnMut(&[u8]) -> Result<usize>,
     ) -> std::result::Result<bool, String> {
         let Some(tls) = &mut self.tls else {
-            // Plain: straight from the core's buffer.
+            // Plain: straight from the source's buffer.
             loop {
-                let out = core.output(conn);
+                let out = source.pending();
                 if out.is_empty() {
                     return Ok(false);
                 }
                 match write(out) {
                     Ok(0) => return Err("the connection closed".into()),
-                    Ok(n) => core.written(conn, n),
+                    Ok(n) => source.consumed(n),
                     Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(true),
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
                     Err(e) => return Err(describe(&e)),
@@ -83,16 +100,16 @@ impl SocketIo {
             }
         };
         loop {
-            let plain = core.output(conn);
+            let plain = source.pending();
             let mut taken = 0;
             if !plain.is_empty() {
                 taken = tls.write_plain(plain);
-                core.written(conn, taken);
+                source.consumed(taken);
             }
             tls.take_socket_bytes(&mut self.outbox);
             if taken == 0 && self.outbox.is_empty() {
                 // Nothing moved (the session takes no more now): come back when writable.
-                return Ok(!core.output(conn).is_empty());
+                return Ok(!source.pending().is_empty());
             }
             while !self.outbox.is_empty() {
                 match write(&self.outbox) {
@@ -106,9 +123,40 @@ impl SocketIo {
                 }
             }
             // The session takes a bounded amount of plaintext at a time: go on while it takes.
-            if core.output(conn).is_empty() {
+            if source.pending().is_empty() {
                 return Ok(false);
             }
         }
+    }
+}
+
+/// Bytes waiting to be written, and how the writer says how many it took.
+trait Outgoing {
+    fn pending(&self) -> &[u8];
+    fn consumed(&mut self, n: usize);
+}
+
+struct CoreOutput<'a> {
+    core: &'a mut Core,
+    conn: usize,
+}
+
+impl Outgoing for CoreOutput<'_> {
+    fn pending(&self) -> &[u8] {
+        self.core.output(self.conn)
+    }
+
+    fn consumed(&mut self, n: usize) {
+        self.core.written(self.conn, n);
+    }
+}
+
+impl Outgoing for Vec<u8> {
+    fn pending(&self) -> &[u8] {
+        self
+    }
+
+    fn consumed(&mut self, n: usize) {
+        self.drain(..n);
     }
 }

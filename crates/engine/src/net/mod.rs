@@ -3,5 +3,6 @@
 
 pub(crate) mod driver;
 pub mod io;
+pub(crate) mod link;
 pub mod open;
 pub mod tls;

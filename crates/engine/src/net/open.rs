@@ -24,6 +24,60 @@ pub struct Opened {
 }
 
 impl Stream {
+    pub(crate) fn try_read(&self, into: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.try_read(into),
+            #[cfg(unix)]
+            Stream::Unix(s) => s.try_read(into),
+        }
+    }
+
+    pub(crate) fn try_write(&self, bytes: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.try_write(bytes),
+            #[cfg(unix)]
+            Stream::Unix(s) => s.try_write(bytes),
+        }
+    }
+
+    pub(crate) async fn readable(&self) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.readable().await,
+            #[cfg(unix)]
+            Stream::Unix(s) => s.readable().await,
+        }
+    }
+
+    pub(crate) async fn writable(&self) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.writable().await,
+            #[cfg(unix)]
+            Stream::Unix(s) => s.writable().await,
+        }
+    }
+
+    pub(crate) fn poll_read_ready(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self {
+            Stream::Tcp(s) => s.poll_read_ready(cx),
+            #[cfg(unix)]
+            Stream::Unix(s) => s.poll_read_ready(cx),
+        }
+    }
+
+    pub(crate) fn poll_write_ready(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self {
+            Stream::Tcp(s) => s.poll_write_ready(cx),
+            #[cfg(unix)]
+            Stream::Unix(s) => s.poll_write_ready(cx),
+        }
+    }
+
     /// The socket as a std one in non-blocking mode, for a transport of its own (the event loop).
     pub fn into_std(self) -> std::io::Result<StdStream> {
         Ok(match self {
@@ -95,7 +149,7 @@ pub async fn open(endpoint: &Endpoint) -> EngineResult<Opened> {
     }
 }
 
-async fn open_server(config: &ServerConfig) -> EngineResult<Opened> {
+pub(crate) async fn open_server(config: &ServerConfig) -> EngineResult<Opened> {
     let target = config.target();
     let limit = config.connect_timeout;
     match tokio::time::timeout(limit, connect(config, &target)).await {

@@ -62,7 +62,13 @@ fn build(tls: &TlsOptions, target: &str) -> EngineResult<ClientConfig> {
                         .map_err(|e| config_error(target, &format!("ca: {e}")))?;
                 }
             }
-            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+            None => {
+                roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+                // As Node does for ioredis: NODE_EXTRA_CA_CERTS adds roots to the bundled ones.
+                for cert in extra_node_roots() {
+                    let _ = roots.add(cert);
+                }
+            }
         }
         builder.with_root_certificates(roots)
     } else {
@@ -82,6 +88,21 @@ fn build(tls: &TlsOptions, target: &str) -> EngineResult<ClientConfig> {
         (Some(_), None) | (None, Some(_)) => Err(config_error(target, "cert and key go together")),
         (None, None) => Ok(builder.with_no_client_auth()),
     }
+}
+
+/// The certificates of the PEM file named by `NODE_EXTRA_CA_CERTS`, if any (as Node, a file that
+/// cannot be read adds nothing).
+fn extra_node_roots() -> Vec<CertificateDer<'static>> {
+    let Some(path) = std::env::var_os("NODE_EXTRA_CA_CERTS") else {
+        return Vec::new();
+    };
+    std::fs::read(path)
+        .map(|pem| {
+            CertificateDer::pem_slice_iter(&pem)
+                .filter_map(Result::ok)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn certificates(

@@ -411,7 +411,7 @@ impl Conn {
             };
             self.broken(err, now);
         }
-        let limit = self.settings.command_timeout;
+        let limit = self.queue_limit();
         while self
             .queue
             .front()
@@ -438,6 +438,19 @@ impl Conn {
         self.give_backs.retain(|g| g.until > now);
     }
 
+    /// How long a request may wait unwritten: its command timeout; while a socket is being
+    /// opened (and has not failed yet), the connect timeout on top, so a slow first connection
+    /// (a TLS handshake far away, a loaded machine) does not eat the request's own time. A
+    /// refused or failing server still fails it at the command timeout.
+    fn queue_limit(&self) -> Duration {
+        match self.phase {
+            Phase::Opening { .. } | Phase::Handshake if self.last_error.is_none() => {
+                self.settings.command_timeout + self.settings.connect_timeout
+            }
+            _ => self.settings.command_timeout,
+        }
+    }
+
     /// When `on_timer` next has something to do.
     pub(crate) fn next_timer(&self) -> Option<Instant> {
         let opening = match self.phase {
@@ -450,9 +463,7 @@ impl Conn {
         [
             opening,
             self.in_flight.front().map(|s| s.deadline),
-            self.queue
-                .front()
-                .map(|q| q.queued_at + self.settings.command_timeout),
+            self.queue.front().map(|q| q.queued_at + self.queue_limit()),
             retry,
             self.give_backs.iter().map(|g| g.until).min(),
         ]
