@@ -4,12 +4,19 @@
 
 import { spawn, spawnSync } from 'node:child_process';
 import { createServer, connect } from 'node:net';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 /** @type {Set<import('node:child_process').ChildProcess>} */
 const live = new Set();
+/** Temporary directories (certificates, cluster and sentinel files), removed by killAll. @type {Set<string>} */
+const dirs = new Set();
 
-/** Kills every process started through `track` (redis-servers and bench children). Synchronous: safe in 'exit'. */
+/**
+ * Kills every process started through `track` (redis-servers and bench children) and removes
+ * the bench's temporary directories. Synchronous: safe in 'exit'.
+ */
 export function killAll() {
   for (const child of live) {
     if (child.exitCode === null && child.signalCode === null) {
@@ -21,6 +28,20 @@ export function killAll() {
     }
   }
   live.clear();
+  for (const dir of dirs) removeDir(dir);
+}
+
+/** A fresh temporary directory, removed when the bench exits (or by removeDir). @param {string} prefix */
+export function tempDir(prefix) {
+  const dir = mkdtempSync(join(tmpdir(), `sdl-bench-${prefix}-`));
+  dirs.add(dir);
+  return dir;
+}
+
+/** @param {string} dir */
+export function removeDir(dir) {
+  rmSync(dir, { recursive: true, force: true });
+  dirs.delete(dir);
 }
 
 /** @param {import('node:child_process').ChildProcess} child */
@@ -90,6 +111,14 @@ export function pinSelf(cpu) {
   if (result.status !== 0) throw new Error(`taskset -cp ${cpu} ${process.pid} failed: ${result.stderr || result.error}`);
 }
 
+/**
+ * A plain redis-server's arguments: TCP on `port` of 127.0.0.1, no persistence.
+ * @param {number} port @returns {string[]}
+ */
+export function plainArgs(port) {
+  return ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--daemonize', 'no', '--loglevel', 'warning'];
+}
+
 export class RedisServer {
   /** @param {number} port @param {import('node:child_process').ChildProcess} child */
   constructor(port, child) {
@@ -98,13 +127,16 @@ export class RedisServer {
   }
 
   /**
-   * @param {{ cpu: number | null }} options cpu: pin the server to this CPU
+   * Starts `redis-server` with `args(port)` on a free port and waits until the port accepts
+   * connections (a TLS port does too). A port taken meanwhile is retried with another.
+   * @param {{ cpu: number | null, args?: (port: number) => string[] }} options cpu: pin the server
+   *   to this CPU; args: its arguments for a port (default plainArgs)
    * @returns {Promise<RedisServer>}
    */
-  static async start({ cpu }) {
+  static async start({ cpu, args: argsFor = plainArgs }) {
     for (let attempt = 0; ; attempt++) {
       const port = await freePort();
-      const args = ['redis-server', '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--daemonize', 'no', '--loglevel', 'warning'];
+      const args = ['redis-server', ...argsFor(port)];
       const [command, rest] = pinned(args, cpu);
       const child = track(spawn(command, rest, { stdio: ['ignore', 'ignore', 'inherit'] }));
       const started = Date.now();
