@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // @ts-check
-// `npm run bench [-- options]`: issue #6's benchmark. v2 beside plain ioredis (the floor for any
-// JS client), v1 on ioredis, redlock and redis-semaphore, on redis-servers it starts itself.
+// `npm run bench [-- options]`: issue #6's benchmark with issue #11's transport axis. v2 beside
+// plain ioredis (the floor for any JS client), v1 on ioredis, redlock and redis-semaphore, on
+// redis-servers it starts itself: plain TCP, and for ioredis and v2 also TLS, Cluster, Sentinel.
 //
 //   --scenario <names>  serial,throughput,contention,many,redlock (or 1-5); default: all
 //   --repeat N          repeats per measurement (default 3, 1 with --quick); medians are reported
@@ -9,10 +10,13 @@
 //   --quick             small counts: a smoke run in about a minute (default out: bench/results/quick/)
 //   --out <dir>         where results.json, results.md and chart.svg go (default bench/results/)
 //   --impls <names>     ioredis,v1,v2,redlock,redis-semaphore (default), also v2-nofence
+//   --transports <names> tcp,tls,cluster,sentinel (default: all) for serial, throughput and
+//                       contention (ioredis and v2 only off tcp); many and redlock: tcp only
 //
 // Every (scenario, implementation, repeat) runs in a fresh child process (lib/child.mjs); the
 // implementations take turns within each repeat, in a rotating order, so that noise from other
-// work on the machine falls on all of them alike. See bench/README.md for what each number means.
+// work on the machine falls on all of them alike. Transports run one after the other, each on
+// its own servers (lib/deployments.mjs). See bench/README.md for what each number means.
 
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -21,22 +25,28 @@ import { cpus, loadavg, release } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { Redis } from 'ioredis';
-import { RedisServer, killAll, track, pinned, pinSelf, cpusAllowed } from './lib/servers.mjs';
-import { LABELS, SINGLE_IMPLS, EXTRA_IMPLS } from './lib/impls.mjs';
+import { killAll, track, pinned, pinSelf, cpusAllowed } from './lib/servers.mjs';
+import { LABELS, SINGLE_IMPLS, EXTRA_IMPLS, ANY_TRANSPORT_IMPLS, CONTENDED } from './lib/impls.mjs';
+import { TRANSPORTS, TRANSPORT_LABELS, serverClients, keyClients, clientForKey } from './lib/transports.mjs';
+import { startDeployment } from './lib/deployments.mjs';
 import { median, percentile, mean } from './lib/stats.mjs';
 import { LoadProbe } from './lib/load.mjs';
-import { markdown, chart, targets, ratio } from './lib/report.mjs';
+import { markdown, chart, targets, transportTargets, ratio } from './lib/report.mjs';
 
 /** @typedef {import('./lib/report.mjs').Row} Row */
 /** @typedef {import('./lib/report.mjs').Scenario} Scenario */
 /** @typedef {import('./lib/report.mjs').Metrics} Metrics */
 /** @typedef {import('./lib/child.mjs').Job} Job */
+/** @typedef {import('./lib/transports.mjs').Target} Target */
+/** @typedef {import('./lib/transports.mjs').Client} Client */
+/** @typedef {import('./lib/deployments.mjs').Deployment} Deployment */
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, '..');
 const CHILD = join(HERE, 'lib', 'child.mjs');
 const SCENARIOS = ['serial', 'throughput', 'contention', 'many', 'redlock'];
+/** The scenarios with a transport axis; the others run over plain TCP only. */
+const TRANSPORT_SCENARIOS = ['serial', 'throughput', 'contention'];
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -49,13 +59,14 @@ const { values: flags } = parseArgs({
     quick: { type: 'boolean', default: false },
     out: { type: 'string' },
     impls: { type: 'string' },
+    transports: { type: 'string' },
     help: { type: 'boolean', short: 'h', default: false },
   },
   strict: true,
 });
 if (flags.help) {
   const source = readFileSync(fileURLToPath(import.meta.url), 'utf8');
-  console.log(source.split('\n').slice(2, 16).map((l) => l.replace(/^\/\/ ?/, '')).join('\n'));
+  console.log(source.split('\n').slice(2, 20).map((l) => l.replace(/^\/\/ ?/, '')).join('\n'));
   process.exit(0);
 }
 const quick = flags.quick === true;
@@ -73,6 +84,17 @@ for (const i of impls) if (![...SINGLE_IMPLS, ...EXTRA_IMPLS].includes(i)) fatal
 if (!impls.includes('ioredis') && (selected.includes('serial') || selected.includes('throughput'))) {
   fatal('scenarios serial and throughput report ratios against plain ioredis: keep ioredis in --impls');
 }
+/** @type {string[]} */
+const ALL_TRANSPORTS = [...TRANSPORTS];
+const transports = [...new Set((flags.transports ?? ALL_TRANSPORTS.join(',')).split(',').map((s) => s.trim()).filter(Boolean))];
+transports.sort((a, b) => ALL_TRANSPORTS.indexOf(a) - ALL_TRANSPORTS.indexOf(b));
+for (const t of transports) if (!ALL_TRANSPORTS.includes(t)) fatal(`unknown transport "${t}"; choose from ${ALL_TRANSPORTS.join(', ')}`);
+if (transports.length === 0) fatal('--transports needs at least one of tcp,tls,cluster,sentinel');
+const tcpOnly = selected.filter((s) => !TRANSPORT_SCENARIOS.includes(s));
+if (!transports.includes('tcp') && tcpOnly.length === selected.length) {
+  fatal(`scenario ${tcpOnly.join(', ')} runs over plain TCP only: add tcp to --transports`);
+}
+if (!transports.includes('tcp') && tcpOnly.length) console.log(`note: ${tcpOnly.join(', ')} run over plain TCP only; skipped (tcp is not in --transports)`);
 const outDir = resolve(flags.out ?? (quick ? join(HERE, 'results', 'quick') : join(HERE, 'results')));
 
 /** Counts per scenario: full, and --quick. */
@@ -110,7 +132,7 @@ for (const signal of /** @type {const} */ (['SIGINT', 'SIGTERM', 'SIGHUP'])) {
   });
 }
 
-/** pids of the bench's redis-servers, for the load probe. @type {Array<number | undefined>} */
+/** pids of the running deployment's redis-servers (sentinel included), for the load probe. @type {Array<number | undefined>} */
 const serverPids = [];
 const CLIENT_CPU = pin ? 0 : null;
 const REDIS_CPU = pin ? 1 : null;
@@ -191,6 +213,9 @@ function machine() {
     seconds: 0,
     /** @type {Record<string, number>} */
     scenarioSeconds: {},
+    transports,
+    /** How each transport's servers were started. @type {Record<string, string>} */
+    deployments: {},
     /** @type {string[]} */
     warnings: [],
     config: C,
@@ -244,16 +269,40 @@ function paired(row, base, metric, baseMetric = metric) {
 /** @template T @param {T[]} list @param {number} r */
 const rotate = (list, r) => list.map((_, i) => list[(i + r) % list.length]);
 
-/** @type {Map<number, Redis>} */
+/**
+ * The bench's own clients of a target, made once: one per data server (FLUSHALL), and where the
+ * keys are (the exclusion counter of scenario 3).
+ * @type {Map<string, { servers: import('ioredis').Redis[], keys: Client[] }>}
+ */
 const admins = new Map();
-/** @param {number[]} ports */
-async function flush(ports) {
-  for (const port of ports) {
-    let admin = admins.get(port);
-    if (!admin) admins.set(port, (admin = new Redis({ host: '127.0.0.1', port })));
-    await admin.flushall();
-  }
+/** @param {Target} target */
+function adminsOf(target) {
+  const id = JSON.stringify(target);
+  let a = admins.get(id);
+  if (!a) admins.set(id, (a = { servers: serverClients(target), keys: keyClients(target) }));
+  return a;
 }
+/** Disconnects the admin clients (before their servers stop). */
+function closeAdmins() {
+  for (const a of admins.values()) for (const c of [...a.servers, ...a.keys]) c.disconnect();
+  admins.clear();
+}
+/** @param {Target} target */
+async function flush(target) {
+  for (const admin of adminsOf(target).servers) await admin.flushall();
+}
+
+/** The implementations measured on a transport: all on tcp, ioredis and v2 elsewhere. @param {string} transport */
+const implsOn = (transport) => (transport === 'tcp' ? impls : impls.filter((i) => ANY_TRANSPORT_IMPLS.includes(i)));
+
+/**
+ * A scenario's title: as it always was over plain TCP, with the transport elsewhere.
+ * @param {string} transport @param {string} title
+ */
+const titled = (transport, title) => (transport === 'tcp' ? title : `${title} — ${TRANSPORT_LABELS[transport]}`);
+
+/** The progress tag of a scenario on a transport: "serial" on tcp, "tls serial" elsewhere. @param {string} transport @param {string} name */
+const tag = (transport, name) => (transport === 'tcp' ? name : `${transport} ${name}`);
 
 /** @param {string} what */
 const progress = (what) => process.stdout.write(`  ${what}\n`);
@@ -261,18 +310,18 @@ const progress = (what) => process.stdout.write(`  ${what}\n`);
 // ---------------------------------------------------------------------------------------------
 // Scenarios
 
-/** @param {number} port @returns {Promise<Scenario>} */
-async function serialScenario(port) {
+/** @param {Deployment} deployment @returns {Promise<Scenario>} */
+async function serialScenario({ transport, target }) {
   const c = C.serial;
-  const rows = impls.map((impl) => newRow(impl, impl, LABELS[impl]));
+  const rows = implsOn(transport).map((impl) => newRow(impl, impl, LABELS[impl]));
   for (let r = 0; r < repeat; r++) {
     for (const row of rotate(rows, r)) {
       if (row.status !== 'ok') continue;
-      await flush([port]);
+      await flush(target);
       try {
-        const d = await runJob({ kind: 'serial', impl: row.impl, ports: [port], pairs: c.pairs, warmup: c.warmup, ttl: c.ttl });
+        const d = await runJob({ kind: 'serial', impl: row.impl, target, pairs: c.pairs, warmup: c.warmup, ttl: c.ttl });
         row.repeats[r] = d;
-        progress(`[serial ${r + 1}/${repeat}] ${row.impl}: pair p50 ${d.pairP50Us.toFixed(1)} µs, p99 ${d.pairP99Us.toFixed(1)} µs`);
+        progress(`[${tag(transport, 'serial')} ${r + 1}/${repeat}] ${row.impl}: pair p50 ${d.pairP50Us.toFixed(1)} µs, p99 ${d.pairP99Us.toFixed(1)} µs`);
       } catch (err) {
         fail(row, err);
       }
@@ -287,25 +336,26 @@ async function serialScenario(port) {
   }
   return {
     name: 'serial',
-    title: '1. Serial: acquire + release, one pair at a time',
+    transport,
+    title: titled(transport, '1. Serial: acquire + release, one pair at a time'),
     about: `One process, one key, ${c.pairs.toLocaleString('en-US')} acquire+release pairs per repeat after ${c.warmup} warm-up pairs; p50/p99 over every pair of the repeat. CPU columns: client process CPU (all threads) and Redis CPU, per pair. Ratios < 1 are faster than plain ioredis.`,
     rows,
     extra: {},
   };
 }
 
-/** @param {number} port @returns {Promise<Scenario>} */
-async function throughputScenario(port) {
+/** @param {Deployment} deployment @returns {Promise<Scenario>} */
+async function throughputScenario({ transport, target }) {
   const c = C.throughput;
-  const rows = impls.map((impl) => newRow(impl, impl, LABELS[impl]));
+  const rows = implsOn(transport).map((impl) => newRow(impl, impl, LABELS[impl]));
   for (let r = 0; r < repeat; r++) {
     for (const row of rotate(rows, r)) {
       if (row.status !== 'ok') continue;
-      await flush([port]);
+      await flush(target);
       try {
-        const d = await runJob({ kind: 'throughput', impl: row.impl, ports: [port], loops: c.loops, warmupMs: c.warmupMs, durationMs: c.durationMs, ttl: c.ttl });
+        const d = await runJob({ kind: 'throughput', impl: row.impl, target, loops: c.loops, warmupMs: c.warmupMs, durationMs: c.durationMs, ttl: c.ttl });
         row.repeats[r] = d;
-        progress(`[throughput ${r + 1}/${repeat}] ${row.impl}: ${Math.round(d.pairsPerSec)} pairs/s, ${d.clientCpuPerPairUs.toFixed(1)} µs CPU/pair, ELU ${d.elu.toFixed(2)}`);
+        progress(`[${tag(transport, 'throughput')} ${r + 1}/${repeat}] ${row.impl}: ${Math.round(d.pairsPerSec)} pairs/s, ${d.clientCpuPerPairUs.toFixed(1)} µs CPU/pair, ELU ${d.elu.toFixed(2)}`);
       } catch (err) {
         fail(row, err);
       }
@@ -321,16 +371,21 @@ async function throughputScenario(port) {
   }
   return {
     name: 'throughput',
-    title: '2. Throughput: 64 concurrent loops on distinct keys',
+    transport,
+    title: titled(transport, '2. Throughput: 64 concurrent loops on distinct keys'),
     about: `One process, ${c.loops} loops each doing acquire+release on its own key, ${c.durationMs / 1000} s measured after ${c.warmupMs / 1000} s warm-up. Client CPU is process-wide (v2's native threads count); Redis CPU is the server's used_cpu_user+sys; event-loop utilization is Node's ELU over the window. Ratios: pairs/s > 1 is better, CPU and ELU < 1 are better.`,
     rows,
     extra: {},
   };
 }
 
-/** Round-trip time to Redis from this (client-side) process: median of 500 PINGs. @param {number} port */
-async function measureRtt(port) {
-  const redis = new Redis({ host: '127.0.0.1', port });
+/**
+ * Round-trip time to Redis from this (client-side) process: median of 500 PINGs, over the
+ * transport, to the server that holds the contended key (its master, on a cluster).
+ * @param {Target} target
+ */
+async function measureRtt(target) {
+  const redis = await clientForKey(target, `lock:${CONTENDED}`);
   for (let i = 0; i < 100; i++) await redis.ping();
   const samples = [];
   for (let i = 0; i < 500; i++) {
@@ -345,16 +400,16 @@ async function measureRtt(port) {
 /**
  * One contention run: `procs` processes share `workers` workers; all start at one instant of
  * the shared monotonic clock. Returns the merged sections and the processes' reports.
- * @param {string} impl @param {number} port @param {number} procs @param {boolean} check
+ * @param {string} impl @param {Target} target @param {number} procs @param {boolean} check
  */
-async function contentionRound(impl, port, procs, check) {
+async function contentionRound(impl, target, procs, check) {
   const c = C.contention;
   const sections = check ? c.checkSections : c.sections;
   const workers = check ? c.checkWorkers : c.workers;
   const perProc = Array.from({ length: procs }, (_, p) => Array.from({ length: workers }, (_, w) => w).filter((w) => w % procs === p));
   const probe = new LoadProbe(serverPids);
   const children = perProc.map((workerIds) =>
-    spawnChild({ kind: 'contention', impl, ports: [port], workerIds, sections, sectionMs: c.sectionMs, check, timeoutMs: c.timeoutMs }),
+    spawnChild({ kind: 'contention', impl, target, workerIds, sections, sectionMs: c.sectionMs, check, timeoutMs: c.timeoutMs }),
   );
   const spawnedAt = process.hrtime.bigint();
   /** @type {string[]} */
@@ -450,17 +505,18 @@ function analyseContention(results, sectionsPerWorker, floorMs) {
   };
 }
 
-/** @param {number} port @returns {Promise<Scenario>} */
-async function contentionScenario(port) {
+/** @param {Deployment} deployment @returns {Promise<Scenario>} */
+async function contentionScenario({ transport, target }) {
   const c = C.contention;
-  const rttMs = await measureRtt(port);
+  const rttMs = await measureRtt(target);
   const totalSections = c.workers * c.sections;
   const floorMs = totalSections * (c.sectionMs + rttMs);
-  progress(`[contention] Redis RTT (PING p50) ${rttMs.toFixed(3)} ms; floor ${floorMs.toFixed(1)} ms`);
+  const measured = implsOn(transport);
+  progress(`[${tag(transport, 'contention')}] Redis RTT (PING p50) ${rttMs.toFixed(3)} ms; floor ${floorMs.toFixed(1)} ms`);
   /** @type {Row[]} */
   const rows = [];
   for (const procs of c.modes) {
-    for (const impl of impls) {
+    for (const impl of measured) {
       const label = impl === 'ioredis' ? 'ioredis, SET NX polled every 50 ms (reference)' : LABELS[impl];
       rows.push(newRow(`${impl}@${procs}`, impl, label, { processes: procs }));
     }
@@ -469,21 +525,21 @@ async function contentionScenario(port) {
   for (const row of rows) {
     const procs = /** @type {number} */ (row.attrs?.processes);
     try {
-      await flush([port]);
-      const { results, sections } = await contentionRound(row.impl, port, procs, true);
+      await flush(target);
+      const { results, sections } = await contentionRound(row.impl, target, procs, true);
       const analysis = analyseContention(results, sections, floorMs);
       if (!analysis) {
         row.status = 'n/a';
         continue;
       }
-      const admin = /** @type {Redis} */ (admins.get(port));
+      const admin = adminsOf(target).keys[0];
       const counter = Number((await admin.get('bench:counter')) ?? 0);
       const violations = Number((await admin.get('bench:violations')) ?? 0);
       const expected = analysis.metrics.sectionsDone;
       if (violations || counter !== expected || analysis.overlaps) {
         throw new Error(`CORRECTNESS: ${row.impl} (${procs} processes): ${violations} overlap(s) seen inside, counter ${counter} for ${expected} sections, ${analysis.overlaps} overlapping interval(s)`);
       }
-      progress(`[contention check] ${row.impl} × ${procs} process(es): exclusion held (${expected} sections, counter ${counter})`);
+      progress(`[${tag(transport, 'contention check')}] ${row.impl} × ${procs} process(es): exclusion held (${expected} sections, counter ${counter})`);
     } catch (err) {
       fail(row, err);
     }
@@ -492,15 +548,15 @@ async function contentionScenario(port) {
     for (const procs of c.modes) {
       for (const row of rotate(rows.filter((x) => x.attrs?.processes === procs), r)) {
         if (row.status !== 'ok') continue;
-        await flush([port]);
+        await flush(target);
         try {
-          const { results, sections, load } = await contentionRound(row.impl, port, procs, false);
+          const { results, sections, load } = await contentionRound(row.impl, target, procs, false);
           const analysis = /** @type {NonNullable<ReturnType<typeof analyseContention>>} */ (analyseContention(results, sections, floorMs));
           if (analysis.overlaps) throw new Error(`CORRECTNESS: ${row.impl}: ${analysis.overlaps} critical sections overlapped (shared clock)`);
           row.repeats[r] = { ...analysis.metrics, ...load };
           const m = analysis.metrics;
           progress(
-            `[contention ${r + 1}/${repeat}] ${row.impl} × ${procs}: wall ${m.wallMs.toFixed(0)} ms (${ratio(m.wallOverFloor)} floor), hand-over p50 ${m.handoverP50Ms.toFixed(2)} ms, ${m.holderChanges} changes, ${m.giveUps} give-ups, ${m.starvedWorkers} starved`,
+            `[${tag(transport, 'contention')} ${r + 1}/${repeat}] ${row.impl} × ${procs}: wall ${m.wallMs.toFixed(0)} ms (${ratio(m.wallOverFloor)} floor), hand-over p50 ${m.handoverP50Ms.toFixed(2)} ms, ${m.holderChanges} changes, ${m.giveUps} give-ups, ${m.starvedWorkers} starved`,
           );
         } catch (err) {
           fail(row, err);
@@ -510,13 +566,14 @@ async function contentionScenario(port) {
   }
   rows.forEach(finish);
   for (const row of rows) row.ratios.wallVsFloor = row.median.wallOverFloor;
-  const how = impls.map((i) => `- ${LABELS[i]}: ${HOW[i] ?? ''}`).join('\n');
+  const how = measured.map((i) => `- ${LABELS[i]}: ${HOW[i] ?? ''}`).join('\n');
   return {
     name: 'contention',
-    title: `3. Contention: ${c.workers} workers × ${c.sections} critical sections of ${c.sectionMs} ms on one key`,
+    transport,
+    title: titled(transport, `3. Contention: ${c.workers} workers × ${c.sections} critical sections of ${c.sectionMs} ms on one key`),
     about:
       `${c.workers} workers × ${c.sections} sections of ${c.sectionMs} ms (a ${c.sectionMs - 1} ms timer, then setImmediate polling to exactly ${c.sectionMs} ms: a bare setTimeout(2) averages 2.3 ms), all on one key, each worker looping on the library's own acquire-with-retries call with its default settings; in one process, and across ${Math.max(...c.modes)} processes (workers spread evenly). ` +
-      `**Wall**: start to the last section's end. **Floor**: sections × (2 ms + one Redis round trip, PING p50 = ${rttMs.toFixed(3)} ms). ` +
+      `**Wall**: start to the last section's end. **Floor**: sections × (2 ms + one Redis round trip, PING p50 = ${rttMs.toFixed(3)} ms${transport === 'tcp' ? '' : ` over ${TRANSPORT_LABELS[transport]}${transport === 'cluster' ? ", to the key's master" : ''}`}). ` +
       `**Hand-over**: from a holder calling release to the next holder's acquire returning, only where the holder changes (shared monotonic clock). **Give-ups**: the library's retry budget ran out (the worker calls again). **Starved**: workers that did not finish all sections before ${c.timeoutMs / 1000} s. ` +
       `Before timing, each library ran ${c.checkWorkers} workers × ${c.checkSections} sections in each mode with a Redis read-modify-write counter and an "inside" marker: exclusion held for every row shown.\n\nHow each waits:\n${how}`,
     rows,
@@ -534,8 +591,8 @@ const HOW = {
   'redis-semaphore': '`new Mutex(redis, r).acquire()`: retryInterval 10 ms, acquireTimeout 10 s (defaults)',
 };
 
-/** @param {number} port @returns {Promise<Scenario>} */
-async function manyScenario(port) {
+/** @param {Deployment} deployment @returns {Promise<Scenario>} */
+async function manyScenario({ target }) {
   const c = C.many;
   const rows = impls.map((impl) => newRow(impl, impl, LABELS[impl]));
   const ioredisRow = rows.find((r) => r.impl === 'ioredis');
@@ -546,9 +603,9 @@ async function manyScenario(port) {
   for (let r = 0; r < repeat; r++) {
     for (const row of rotate(rows, r)) {
       if (row.status !== 'ok') continue;
-      await flush([port]);
+      await flush(target);
       try {
-        const d = await runJob({ kind: 'many', impl: row.impl, ports: [port], locks: c.locks, ttl: c.ttl, holdMs: c.holdMs });
+        const d = await runJob({ kind: 'many', impl: row.impl, target, locks: c.locks, ttl: c.ttl, holdMs: c.holdMs });
         if (!d.supported) {
           row.status = 'n/a';
           continue;
@@ -571,6 +628,7 @@ async function manyScenario(port) {
   }
   return {
     name: 'many',
+    transport: 'tcp',
     title: `4. Many held locks: ${c.locks.toLocaleString('en-US')} auto-extended locks`,
     about:
       `${c.locks.toLocaleString('en-US')} locks with ttl ${c.ttl} ms, taken with each library's own auto-extension, held ${c.holdMs / 1000} s from the moment all are held; one fresh process per implementation. ` +
@@ -604,12 +662,13 @@ async function redlockScenario(masters) {
   for (let r = 0; r < repeat; r++) {
     for (const row of rotate(rows, r)) {
       if (row.status !== 'ok') continue;
-      const ports = masters.slice(0, /** @type {number} */ (row.attrs?.masters));
+      /** @type {Target} */
+      const target = { transport: 'tcp', ports: masters.slice(0, /** @type {number} */ (row.attrs?.masters)) };
       try {
-        await flush(ports);
-        const s = await runJob({ kind: 'serial', impl: row.impl, ports, pairs: c.pairs, warmup: c.warmup, ttl: c.ttl });
-        await flush(ports);
-        const t = await runJob({ kind: 'throughput', impl: row.impl, ports, loops: c.loops, warmupMs: c.warmupMs, durationMs: c.durationMs, ttl: c.ttl });
+        await flush(target);
+        const s = await runJob({ kind: 'serial', impl: row.impl, target, pairs: c.pairs, warmup: c.warmup, ttl: c.ttl });
+        await flush(target);
+        const t = await runJob({ kind: 'throughput', impl: row.impl, target, loops: c.loops, warmupMs: c.warmupMs, durationMs: c.durationMs, ttl: c.ttl });
         row.repeats[r] = {
           acquireP50Us: s.acquireP50Us,
           acquireP99Us: s.acquireP99Us,
@@ -638,6 +697,7 @@ async function redlockScenario(masters) {
   }
   return {
     name: 'redlock',
+    transport: 'tcp',
     title: '5. Redlock: 3 independent masters',
     about: `v2 (\`new Lock([url1, url2, url3])\`) and redlock (\`new Redlock([3 ioredis])\`), each also on one master for reference. Latency: ${c.pairs.toLocaleString('en-US')} serial pairs after ${c.warmup} warm-up; throughput: ${c.loops} loops on distinct keys for ${c.durationMs / 1000} s. "× redlock" compares with redlock on the same number of masters; Redis CPU is summed over the masters.${pin ? ' All masters share CPU 1.' : ''}`,
     rows,
@@ -648,6 +708,28 @@ async function redlockScenario(masters) {
 // ---------------------------------------------------------------------------------------------
 // Main
 
+/**
+ * Starts a transport's servers (pinned like the others); a deployment that does not start is a
+ * failure of the run, reported, and the other transports still run.
+ * @param {string} transport @param {boolean} redlock tcp: also scenario 5's masters
+ * @returns {Promise<Deployment | null>}
+ */
+async function deploy(transport, redlock) {
+  const startedAt = Date.now();
+  try {
+    const deployment = await startDeployment(transport, { cpu: REDIS_CPU, redlock });
+    serverPids.push(...deployment.servers.map((s) => s.child.pid));
+    const cpus = deployment.servers.map((s) => s.cpus());
+    if (pin && cpus.some((c) => c !== String(REDIS_CPU))) warn(`${transport}: redis-server(s) on CPUs ${cpus.join('/')}, not ${REDIS_CPU}`);
+    console.log(`-- ${TRANSPORT_LABELS[transport]} (started in ${Date.now() - startedAt} ms): ${deployment.about}\n`);
+    return deployment;
+  } catch (err) {
+    failures++;
+    warn(`${transport}: the servers did not start, its scenarios were not run: ${err instanceof Error ? err.message.split('\n')[0] : err}`);
+    return null;
+  }
+}
+
 async function main() {
   const started = Date.now();
   if (pin) pinSelf(0);
@@ -655,33 +737,45 @@ async function main() {
   if (Number(meta.loadStart) > 0.5) {
     console.log(`note: load average ${meta.loadStart} at start: other work is running; expect noise (ratios within a repeat are paired to absorb some of it)`);
   }
-  console.log(`bench: ${meta.command}\n  ${meta.cpuModel}, ${meta.cores} cores, Node ${meta.node}, Redis ${meta.redis}; v2 ${meta.git}; scenarios: ${selected.join(', ')}; repeats: ${repeat}${quick ? ' (quick)' : ''}`);
-  const main = await RedisServer.start({ cpu: REDIS_CPU });
-  const masters = selected.includes('redlock') ? await Promise.all([0, 1, 2].map(() => RedisServer.start({ cpu: REDIS_CPU }))) : [];
-  serverPids.push(...[main, ...masters].map((s) => s.child.pid));
-  meta.pinning = pin
-    ? `bench client and workers on CPU ${cpusAllowed('self')}, redis-server(s) on CPU ${[main, ...masters].map((s) => s.cpus()).join('/')} (taskset; verified in /proc)`
-    : 'none (client and Redis share all CPUs)';
-  console.log(`  redis-server on port ${main.port}${masters.length ? `, Redlock masters on ${masters.map((m) => m.port).join(', ')}` : ''}; pinning: ${meta.pinning}\n`);
+  console.log(`bench: ${meta.command}\n  ${meta.cpuModel}, ${meta.cores} cores, Node ${meta.node}, Redis ${meta.redis}; v2 ${meta.git}; scenarios: ${selected.join(', ')}; transports: ${transports.join(', ')}; repeats: ${repeat}${quick ? ' (quick)' : ''}`);
+  console.log(`  pinning: ${pin ? `bench client and workers on CPU ${cpusAllowed('self')}, every redis-server on CPU ${REDIS_CPU}` : 'none'}\n`);
 
   /** @type {Scenario[]} */
   const scenarios = [];
   /** @type {Record<string, number>} */
   const scenarioSeconds = {};
-  for (const name of selected) {
-    console.log(`== ${name}`);
-    const scenarioStarted = Date.now();
-    if (name === 'serial') scenarios.push(await serialScenario(main.port));
-    if (name === 'throughput') scenarios.push(await throughputScenario(main.port));
-    if (name === 'contention') scenarios.push(await contentionScenario(main.port));
-    if (name === 'many') scenarios.push(await manyScenario(main.port));
-    if (name === 'redlock') scenarios.push(await redlockScenario(masters.map((m) => m.port)));
-    scenarioSeconds[name] = Math.round((Date.now() - scenarioStarted) / 1000);
-    console.log(`   (${scenarioSeconds[name]} s)`);
+  /** The CPUs each redis-server was allowed, read from /proc. @type {string[]} */
+  const serverCpus = [];
+  for (const transport of transports) {
+    const names = selected.filter((name) => transport === 'tcp' || TRANSPORT_SCENARIOS.includes(name));
+    if (names.length === 0) continue;
+    const deployment = await deploy(transport, names.includes('redlock'));
+    if (!deployment) continue;
+    meta.deployments[transport] = deployment.about;
+    serverCpus.push(...deployment.servers.map((s) => s.cpus()));
+    try {
+      for (const name of names) {
+        const key = tag(transport, name);
+        console.log(`== ${key}`);
+        const scenarioStarted = Date.now();
+        if (name === 'serial') scenarios.push(await serialScenario(deployment));
+        if (name === 'throughput') scenarios.push(await throughputScenario(deployment));
+        if (name === 'contention') scenarios.push(await contentionScenario(deployment));
+        if (name === 'many') scenarios.push(await manyScenario(deployment));
+        if (name === 'redlock') scenarios.push(await redlockScenario(deployment.redlockPorts));
+        scenarioSeconds[key] = Math.round((Date.now() - scenarioStarted) / 1000);
+        console.log(`   (${scenarioSeconds[key]} s)`);
+      }
+    } finally {
+      closeAdmins();
+      await deployment.stop();
+      serverPids.length = 0;
+    }
   }
-
-  for (const admin of admins.values()) admin.disconnect();
-  await Promise.all([main, ...masters].map((s) => s.stop()));
+  const cpuSet = [...new Set(serverCpus)];
+  meta.pinning = pin
+    ? `bench client and workers on CPU ${cpusAllowed('self')}, redis-server(s) on CPU ${cpuSet.join('/')} (all ${serverCpus.length}, sentinel included; taskset; verified in /proc)`
+    : 'none (client and Redis share all CPUs)';
   meta.loadEnd = loadavg()[0].toFixed(2);
   meta.seconds = Math.round((Date.now() - started) / 1000);
   meta.scenarioSeconds = scenarioSeconds;
@@ -689,7 +783,7 @@ async function main() {
 
   mkdirSync(outDir, { recursive: true });
   const md = markdown(meta, scenarios, 'chart.svg');
-  const json = { meta, scenarios, targets: targets(scenarios), failures };
+  const json = { meta, scenarios, targets: targets(scenarios), transportTargets: transportTargets(scenarios), failures };
   const write = (/** @type {string} */ name, /** @type {string} */ text) => {
     const path = join(outDir, name);
     writeFileSync(`${path}.tmp`, text);

@@ -12,15 +12,19 @@
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { availableParallelism } from 'node:os';
-import { createImpl, ioredisClient, GaveUpError } from './impls.mjs';
+import { createImpl, GaveUpError, CONTENDED } from './impls.mjs';
+import { keyClients, serverClients } from './transports.mjs';
 import { percentile, mean, ns } from './stats.mjs';
 import { redisCpuSeconds, commandCalls, cpusAllowed } from './servers.mjs';
 
 /**
- * @typedef {{ kind: 'serial', impl: string, ports: number[], pairs: number, warmup: number, ttl: number }} SerialJob
- * @typedef {{ kind: 'throughput', impl: string, ports: number[], loops: number, warmupMs: number, durationMs: number, ttl: number }} ThroughputJob
- * @typedef {{ kind: 'many', impl: string, ports: number[], locks: number, ttl: number, holdMs: number }} ManyJob
- * @typedef {{ kind: 'contention', impl: string, ports: number[], workerIds: number[], sections: number, sectionMs: number, check: boolean, timeoutMs: number }} ContentionJob
+ * target: where the servers are and how to reach them (transports.mjs).
+ * @typedef {import('./transports.mjs').Target} Target
+ * @typedef {import('./transports.mjs').Client} Client
+ * @typedef {{ kind: 'serial', impl: string, target: Target, pairs: number, warmup: number, ttl: number }} SerialJob
+ * @typedef {{ kind: 'throughput', impl: string, target: Target, loops: number, warmupMs: number, durationMs: number, ttl: number }} ThroughputJob
+ * @typedef {{ kind: 'many', impl: string, target: Target, locks: number, ttl: number, holdMs: number }} ManyJob
+ * @typedef {{ kind: 'contention', impl: string, target: Target, workerIds: number[], sections: number, sectionMs: number, check: boolean, timeoutMs: number }} ContentionJob
  * @typedef {SerialJob | ThroughputJob | ManyJob | ContentionJob} Job
  */
 
@@ -67,13 +71,14 @@ async function extendCalls(admins) {
  * Before timing: the implementation takes a free lock, a second acquire of it fails, release
  * frees it, it can be taken again, and of 16 simultaneous attempts on a fresh key at most one
  * wins (exactly one on a single server). Throws on any violation.
- * @param {import('./impls.mjs').Impl} impl @param {import('ioredis').Redis[]} admins
+ * @param {import('./impls.mjs').Impl} impl @param {Client[]} admins where the keys are: one
+ *   client, or one per Redlock master
  */
 async function precheck(impl, admins) {
   const quorum = Math.floor(admins.length / 2) + 1;
   const r = `precheck:${process.pid}`;
   const fail = (/** @type {string} */ what) => {
-    throw new Error(`CORRECTNESS: ${impl.name} on ${admins.length} server(s): ${what}`);
+    throw new Error(`CORRECTNESS: ${impl.name} on ${admins.length > 1 ? `${admins.length} Redlock masters` : 'one deployment'}: ${what}`);
   };
   /** @param {string} res */
   const holders = async (res) => {
@@ -260,12 +265,12 @@ async function many(job, impl, admins) {
  * Workers of scenario 3 in this process. Waits for the parent's 'go' (a shared start time on
  * the monotonic clock), then each worker runs `sections` critical sections through the
  * library's idiomatic acquire-with-retries call. Times are µs after the start time.
- * @param {ContentionJob} job @param {import('./impls.mjs').Impl} impl @param {import('ioredis').Redis} admin
+ * @param {ContentionJob} job @param {import('./impls.mjs').Impl} impl @param {Client} admin
  */
 async function contention(job, impl, admin) {
   const withLock = impl.withLock;
   if (!withLock) return { supported: false };
-  const resource = 'contended';
+  const resource = CONTENDED;
   /** @type {bigint} */
   const startAt = await new Promise((resolve) => {
     process.on('message', (/** @type {any} */ m) => {
@@ -330,9 +335,11 @@ async function main() {
   /** @type {Job} */
   const job = JSON.parse(process.argv[2]);
   process.on('disconnect', () => process.exit(1)); // the parent died: do not linger
-  const admins = job.ports.map((p) => ioredisClient(p));
-  const impl = await createImpl(job.impl, job.ports);
-  await precheck(impl, admins);
+  // admins: one per data server (INFO cpu, commandstats); stores: where the lock keys are.
+  const admins = serverClients(job.target);
+  const stores = keyClients(job.target);
+  const impl = await createImpl(job.impl, job.target);
+  await precheck(impl, stores);
   let data;
   switch (job.kind) {
     case 'serial':
@@ -345,7 +352,7 @@ async function main() {
       data = await many(job, impl, admins);
       break;
     case 'contention':
-      data = await contention(job, impl, admins[0]);
+      data = await contention(job, impl, stores[0]);
       break;
     default:
       throw new Error(`unknown job ${JSON.stringify(job)}`);
@@ -353,7 +360,7 @@ async function main() {
   const env = { cpus: cpusAllowed('self'), parallelism: availableParallelism(), pid: process.pid, cpuSeconds: cpuMicros() / 1e6 };
   await send({ type: 'result', data: { ...data, env } });
   await impl.close();
-  for (const admin of admins) admin.disconnect();
+  for (const admin of [...admins, ...stores]) admin.disconnect();
   process.exit(0);
 }
 

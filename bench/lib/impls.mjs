@@ -15,6 +15,9 @@ import { randomBytes } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { pathToFileURL } from 'node:url';
 import { Redis } from 'ioredis';
+import { loadScript, userClient } from './transports.mjs';
+
+/** @typedef {import('./transports.mjs').Target} Target */
 
 const require = createRequire(import.meta.url);
 
@@ -71,21 +74,35 @@ export function ioredisClient(port, lazy = false) {
 }
 
 /**
+ * The implementations that run on every transport (the others: plain TCP only).
+ */
+export const ANY_TRANSPORT_IMPLS = ['ioredis', 'v2', 'v2-nofence', 'v2-before'];
+
+/** The resource of scenario 3 (its Redis key is `lock:contended` for ioredis and v2). */
+export const CONTENDED = 'contended';
+
+/**
  * @param {string} name one of SINGLE_IMPLS / EXTRA_IMPLS
- * @param {number[]} ports one server, or (v2, redlock) the masters of a Redlock group
+ * @param {Target} target where the servers are: on tcp one server, or (v2, redlock) the masters
+ *   of a Redlock group; tls, cluster and sentinel: ioredis and v2 only
  * @returns {Promise<Impl>}
  */
-export async function createImpl(name, ports) {
+export async function createImpl(name, target) {
+  if (target.transport !== 'tcp') {
+    if (!ANY_TRANSPORT_IMPLS.includes(name)) throw new Error(`${name} runs over plain TCP only, not ${target.transport}`);
+    return name === 'ioredis' ? plainIoredis(target) : v2(target, /** @type {'v2' | 'v2-nofence' | 'v2-before'} */ (name));
+  }
+  const ports = target.ports;
   if (ports.length > 1 && !name.startsWith('v2') && name !== 'redlock') throw new Error(`${name} cannot run over ${ports.length} masters`);
   switch (name) {
     case 'ioredis':
-      return plainIoredis(ports[0]);
+      return plainIoredis(target);
     case 'v1':
       return v1(ports[0]);
     case 'v2':
     case 'v2-nofence':
     case 'v2-before':
-      return v2(ports, name);
+      return v2(target, name);
     case 'redlock':
       return redlock(ports);
     case 'redis-semaphore':
@@ -95,10 +112,14 @@ export async function createImpl(name, ports) {
   }
 }
 
-/** The floor for any JS client: SET NX PX, and a compare-and-delete script loaded once, by EVALSHA. @param {number} port @returns {Promise<Impl>} */
-async function plainIoredis(port) {
-  const redis = ioredisClient(port);
-  const sha = /** @type {string} */ (await redis.script('LOAD', RELEASE_SCRIPT));
+/**
+ * The floor for any JS client: SET NX PX, and a compare-and-delete script loaded once (on every
+ * master of a cluster), by EVALSHA; the client a user would build for the transport.
+ * @param {Target} target @returns {Promise<Impl>}
+ */
+async function plainIoredis(target) {
+  const redis = userClient(target);
+  const sha = await loadScript(redis, RELEASE_SCRIPT);
   const key = (/** @type {string} */ resource) => `lock:${resource}`;
   /** @param {string} resource @param {number} ttl */
   const acquire = async (resource, ttl) => {
@@ -155,8 +176,8 @@ async function v1(port) {
   };
 }
 
-/** @param {number[]} ports @param {'v2' | 'v2-nofence' | 'v2-before'} name @returns {Promise<Impl>} */
-async function v2(ports, name) {
+/** @param {Target} target @param {'v2' | 'v2-nofence' | 'v2-before'} name @returns {Promise<Impl>} */
+async function v2(target, name) {
   const fencing = name !== 'v2-nofence';
   const before = process.env.SDL_BENCH_BEFORE;
   if (name === 'v2-before' && !before) throw new Error('v2-before needs SDL_BENCH_BEFORE: the directory of another build');
@@ -165,11 +186,11 @@ async function v2(ports, name) {
   let lost = 0;
   const onLockLost = () => void lost++;
   // As a v1 caller would: an ioredis instance (lazy, so it never opens a socket; the engine only
-  // reads its options). A Redlock group is given as URLs.
+  // reads its options): Redis (with tls, or sentinels), or Cluster. A Redlock group is given as URLs.
   const lock =
-    ports.length === 1
-      ? new Lock(ioredisClient(ports[0], true), { onLockLost, fencing })
-      : new Lock(ports.map((p) => `redis://127.0.0.1:${p}`), { onLockLost, fencing });
+    target.transport === 'tcp' && target.ports.length > 1
+      ? new Lock(target.ports.map((p) => `redis://127.0.0.1:${p}`), { onLockLost, fencing })
+      : new Lock(userClient(target, { lazy: true }), { onLockLost, fencing });
   await lock.isLocked('bench:warm-connection');
   return {
     name,

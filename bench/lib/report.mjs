@@ -13,8 +13,14 @@
  * @property {Metrics} ratios
  * @property {'ok' | 'n/a' | 'failed'} status
  * @property {string} [note]
- * @typedef {{ name: string, title: string, about: string, rows: Row[], extra: Record<string, any> }} Scenario
+ * @typedef {{ name: string, transport: string, title: string, about: string, rows: Row[], extra: Record<string, any> }} Scenario
+ * @typedef {{ value: string, met: boolean | null, number?: number }} Reached
  */
+
+import { TRANSPORTS, TRANSPORT_LABELS } from './transports.mjs';
+
+/** The scenarios over plain TCP (the issue #6 tables, targets and chart). @param {Scenario[]} scenarios */
+const overTcp = (scenarios) => scenarios.filter((s) => s.transport === 'tcp');
 
 /** @param {number | undefined} v @param {number} [digits] */
 export function num(v, digits = 0) {
@@ -184,11 +190,12 @@ const TABLES = /** @type {Record<string, (s: Scenario) => string>} */ ({
 });
 
 /**
+ * Issue #6's targets, over plain TCP.
  * @param {Scenario[]} scenarios
  * @returns {Array<{ target: string, value: string, met: boolean | null }>}
  */
 export function targets(scenarios) {
-  const by = Object.fromEntries(scenarios.map((s) => [s.name, s]));
+  const by = Object.fromEntries(overTcp(scenarios).map((s) => [s.name, s]));
   /** @param {string} scenario @param {string} id */
   const row = (scenario, id) => by[scenario]?.rows.find((r) => r.id === id && r.status === 'ok');
   /** @type {Array<{ target: string, value: string, met: boolean | null }>} */
@@ -234,6 +241,63 @@ export function targets(scenarios) {
 }
 
 /**
+ * A ratio as the targets show it, with a third decimal where two would round onto the
+ * threshold (0.503× is not "0.50×, not met").
+ * @param {number} threshold
+ */
+const near = (threshold) => (/** @type {number} */ v) => (ratio(v) === ratio(threshold) && v !== threshold ? `${v.toFixed(3)}×` : ratio(v));
+
+/**
+ * Issue #11's targets, on every transport measured: each against plain ioredis on the same
+ * transport, and contention against its own floor.
+ * @param {Scenario[]} scenarios
+ * @returns {Array<{ target: string, byTransport: Record<string, Reached> }>}
+ */
+export function transportTargets(scenarios) {
+  const measured = TRANSPORTS.filter((t) => scenarios.some((s) => s.transport === t && ['serial', 'throughput', 'contention'].includes(s.name)));
+  /** @type {Map<string, Record<string, Reached>>} */
+  const out = new Map();
+  /** @param {string} target @param {string} transport @param {number | undefined} v @param {(v: number) => boolean} ok @param {(v: number) => string} show */
+  const check = (target, transport, v, ok, show) => {
+    if (!out.has(target)) out.set(target, {});
+    /** @type {Record<string, Reached>} */ (out.get(target))[transport] = v === undefined || !Number.isFinite(v) ? { value: 'not measured', met: null } : { value: show(v), met: ok(v), number: v };
+  };
+  for (const transport of measured) {
+    /** @param {string} name */
+    const scenario = (name) => scenarios.find((s) => s.transport === transport && s.name === name);
+    /** @param {string} name @param {(r: Row) => boolean} pick */
+    const v2 = (name, pick = () => true) => scenario(name)?.rows.find((r) => r.impl === 'v2' && r.status === 'ok' && pick(r));
+    if (scenario('serial')) check('serial p50 ≤ 1.0× plain ioredis', transport, v2('serial')?.ratios.p50VsIoredis, (v) => v <= 1.0, near(1));
+    if (scenario('throughput')) {
+      const row = v2('throughput');
+      check('64 loops: pairs/s ≥ 2× plain ioredis', transport, row?.ratios.rateVsIoredis, (v) => v >= 2, near(2));
+      check('64 loops: client CPU/pair ≤ 0.5× plain ioredis', transport, row?.ratios.cpuVsIoredis, (v) => v <= 0.5, near(0.5));
+    }
+    const contention = scenario('contention');
+    for (const procs of contention?.extra.modes ?? []) {
+      const row = v2('contention', (r) => r.attrs?.processes === procs);
+      const where = procs === 1 ? 'one process' : `${procs} processes`;
+      check(`contention (${where}): wall ≤ 1.2× floor`, transport, row?.ratios.wallVsFloor, (v) => v <= 1.2, near(1.2));
+      check(`contention (${where}): hand-over p50 < 1 ms`, transport, row?.median.handoverP50Ms, (v) => v < 1, (v) => `${sig(v)} ms`);
+    }
+  }
+  return [...out].map(([target, byTransport]) => ({ target, byTransport }));
+}
+
+/** @param {boolean | null} met */
+const metText = (met) => (met === null ? '–' : met ? 'yes' : '**no**');
+
+/** The transport targets as one table: a column per transport. @param {Scenario[]} scenarios */
+function transportTargetsTable(scenarios) {
+  const rows = transportTargets(scenarios);
+  const columns = TRANSPORTS.filter((t) => rows.some((r) => r.byTransport[t]));
+  return table(
+    ['Target (v2 ÷ plain ioredis on the same transport)', ...columns.map((t) => TRANSPORT_LABELS[t])],
+    rows.map((r) => [r.target, ...columns.map((t) => (r.byTransport[t] ? `${r.byTransport[t].value} (${metText(r.byTransport[t].met)})` : '–'))]),
+  );
+}
+
+/**
  * The whole Markdown report.
  * @param {Record<string, any>} meta @param {Scenario[]} scenarios @param {string} chartFile
  */
@@ -246,6 +310,7 @@ export function markdown(meta, scenarios, chartFile) {
       `- **Command**: \`${meta.command}\``,
       `- **Machine**: ${meta.cpuModel}, ${meta.cores} cores, Linux ${meta.kernel}; Node.js ${meta.node}; Redis ${meta.redis}`,
       `- **Pinning**: ${meta.pinning}`,
+      ...(meta.deployments?.tcp ? [`- **Servers (plain TCP)**: ${meta.deployments.tcp}`] : []),
       `- **Load average** (1 min) at start / end: ${meta.loadStart} / ${meta.loadEnd}`,
       `- **v2 build**: commit ${meta.git}, engine \`${meta.addon}\``,
       `- **Repeats**: ${meta.repeat} (every value is the median over repeats; a ratio is the median of the per-repeat ratios, each taken within one repeat)${meta.quick ? ' — **quick smoke run: small counts, not for publishing**' : ''}`,
@@ -255,14 +320,29 @@ export function markdown(meta, scenarios, chartFile) {
   );
   const t = targets(scenarios);
   if (t.length) {
-    parts.push(`## Targets (issue #6), v2 as built\n\n${table(['Target', 'Reached', 'Met'], t.map((x) => [x.target, x.value, x.met === null ? '–' : x.met ? 'yes' : '**no**']))}`);
+    parts.push(`## Targets (issue #6), v2 as built\n\n${table(['Target', 'Reached', 'Met'], t.map((x) => [x.target, x.value, metText(x.met)]))}`);
   }
-  parts.push(`![headline ratios](${chartFile})`);
-  for (const s of scenarios) {
-    const fn = TABLES[s.name];
-    parts.push(`## ${s.title}\n\n${s.about}\n\n${fn(s)}\n\n${loadLine(s)}`);
+  if (transportTargets(scenarios).length) {
+    parts.push(
+      `## Targets per transport (issue #11), v2 as built\n\nEach ratio is v2 against plain ioredis on the same transport, in the same run; contention against its own floor (that transport's round trip).\n\n${transportTargetsTable(scenarios)}`,
+    );
+  }
+  const tcp = overTcp(scenarios);
+  if (tcp.length) parts.push(`![headline ratios](${chartFile})`);
+  for (const s of tcp) parts.push(section('##', s));
+  for (const transport of TRANSPORTS.filter((x) => x !== 'tcp')) {
+    const over = scenarios.filter((s) => s.transport === transport);
+    if (over.length === 0) continue;
+    const about = String(meta.deployments?.[transport] ?? '');
+    parts.push(`## Over ${TRANSPORT_LABELS[transport]}\n\n${about.charAt(0).toUpperCase()}${about.slice(1)}. Only plain ioredis and v2 run here.`);
+    for (const s of over) parts.push(section('###', s));
   }
   return `${parts.join('\n\n')}\n`;
+}
+
+/** One scenario's heading, text, table and noise line. @param {string} level @param {Scenario} s */
+function section(level, s) {
+  return `${level} ${s.title}\n\n${s.about}\n\n${TABLES[s.name](s)}\n\n${loadLine(s)}`;
 }
 
 /**
@@ -302,7 +382,7 @@ function esc(s) {
  * @returns {string}
  */
 export function chart(scenarios, meta) {
-  const by = Object.fromEntries(scenarios.map((s) => [s.name, s]));
+  const by = Object.fromEntries(overTcp(scenarios).map((s) => [s.name, s]));
   /** @type {Array<{ title: string, better: 'lower' | 'higher', target?: number, bars: Array<{ impl: string, value: number | null }> }>} */
   const groups = [];
   /** @param {Scenario | undefined} s @param {string} key @param {(r: Row) => boolean} [pick] */
