@@ -9,10 +9,10 @@
 import './helpers/tripwire.mjs';
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { RedisServer } from './helpers/redis-server.mjs';
 import { HOSTILE_KINDS } from './helpers/hostile-server.mjs';
+import { runChild } from './helpers/child.mjs';
 
 const FIXTURE = fileURLToPath(new URL('./fixtures/hostile-client.mjs', import.meta.url));
 const COMMAND_TIMEOUT = 500;
@@ -51,37 +51,12 @@ after(async () => {
   await redis.stop();
 });
 
-/**
- * @typedef {object} ChildResult
- * @property {number | null} code
- * @property {NodeJS.Signals | null} signal
- * @property {string} stdout
- * @property {string} stderr
- * @property {boolean} killed killed by us after CHILD_LIMIT_MS
- */
+/** @typedef {import('./helpers/child.mjs').ChildResult} ChildResult */
 
 /** @param {string} kind @param {'on' | 'off'} lane @returns {Promise<ChildResult>} */
-function runChild(kind, lane) {
-  const env = { ...process.env };
-  if (lane === 'off') env.SDL_EVENT_LOOP_LANE = '0';
-  else delete env.SDL_EVENT_LOOP_LANE;
+function runHostile(kind, lane) {
   const config = { kind, redisPort: redis.port, id: `${kind}-${lane}`, rounds: roundsOf(kind) };
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [FIXTURE, JSON.stringify(config)], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    let killed = false;
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    const timer = setTimeout(() => {
-      killed = true;
-      child.kill('SIGKILL');
-    }, CHILD_LIMIT_MS);
-    child.on('exit', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, stdout, stderr, killed });
-    });
-  });
+  return runChild(FIXTURE, config, lane, CHILD_LIMIT_MS);
 }
 
 /** @param {string} text @param {number} n */
@@ -157,7 +132,7 @@ for (const lane of /** @type {const} */ (['on', 'off'])) {
     for (const kind of HOSTILE_KINDS) {
       const calls = GENUINE_ALLOWED.has(kind) ? 'rejects with a LockError or gives the genuine answer' : 'rejects with a LockError';
       it(`${kind} (lane ${lane}): the process survives, every call ${calls} in time, the Lock recovers`, async (t) => {
-        const result = await runChild(kind, lane);
+        const result = await runHostile(kind, lane);
         const problems = problemsOf(kind, result);
         const line = result.stdout.trim().split('\n').pop() ?? '';
         t.diagnostic(line.length > 2000 ? `${line.slice(0, 2000)}...` : line);

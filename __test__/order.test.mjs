@@ -8,9 +8,9 @@
 import './helpers/tripwire.mjs';
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { RedisServer } from './helpers/redis-server.mjs';
+import { runChild } from './helpers/child.mjs';
 
 const FIXTURE = fileURLToPath(new URL('./fixtures/order-checks.mjs', import.meta.url));
 const CHILD_LIMIT_MS = 60000;
@@ -24,28 +24,9 @@ after(async () => {
   await server.stop();
 });
 
-/** @param {'on' | 'off'} lane @returns {Promise<{ code: number | null, signal: NodeJS.Signals | null, stdout: string, stderr: string, killed: boolean }>} */
+/** @param {'on' | 'off'} lane */
 function runChecks(lane) {
-  const env = { ...process.env };
-  if (lane === 'off') env.SDL_EVENT_LOOP_LANE = '0';
-  else delete env.SDL_EVENT_LOOP_LANE;
-  const config = { url: server.url, fresh: 50, repeat: 200, id: lane };
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [FIXTURE, JSON.stringify(config)], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    let killed = false;
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    const timer = setTimeout(() => {
-      killed = true;
-      child.kill('SIGKILL');
-    }, CHILD_LIMIT_MS);
-    child.on('exit', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, stdout, stderr, killed });
-    });
-  });
+  return runChild(FIXTURE, { url: server.url, fresh: 50, repeat: 200, id: lane }, lane, CHILD_LIMIT_MS);
 }
 
 for (const lane of /** @type {const} */ (['on', 'off'])) {

@@ -1140,14 +1140,7 @@ impl Core {
                     token,
                     publish: true,
                 };
-                let give_back = self.new_op(
-                    Owner::Nobody,
-                    OpKind::Release {
-                        key: spec.key,
-                        open: false,
-                    },
-                    now,
-                );
+                let give_back = self.give_back_op(&spec.key, now);
                 self.conns[conn].submit(tag(give_back, 0), release, now);
                 let err = match outcome {
                     Ok(n) => EngineError::new(
@@ -1303,16 +1296,18 @@ impl Core {
         self.deliver(op.owner, outcome, now);
     }
 
+    /// An op for a release nobody waits for (a give-back), its request sent by the caller.
+    fn give_back_op(&mut self, key: &str, now: Instant) -> u64 {
+        let kind = OpKind::Release {
+            key: key.to_owned(),
+            open: false,
+        };
+        self.new_op(Owner::Nobody, kind, now)
+    }
+
     /// A release on one master, behind whatever that master's socket has queued.
     fn give_back_on(&mut self, conn: usize, key: String, token: String, now: Instant) {
-        let op = self.new_op(
-            Owner::Nobody,
-            OpKind::Release {
-                key: key.clone(),
-                open: false,
-            },
-            now,
-        );
+        let op = self.give_back_op(&key, now);
         let request = Request::Release {
             key,
             token,
@@ -1455,14 +1450,7 @@ impl Core {
         let Request::Release { key, .. } = &answer.request else {
             return;
         };
-        let op = self.new_op(
-            Owner::Nobody,
-            OpKind::Release {
-                key: key.clone(),
-                open: false,
-            },
-            now,
-        );
+        let op = self.give_back_op(key, now);
         if *ask {
             self.conns[conn].submit_asking(tag(op, 0), answer.request, now);
         } else {

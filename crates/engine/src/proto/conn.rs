@@ -505,14 +505,7 @@ impl Conn {
         for sent in std::mem::take(&mut self.in_flight) {
             self.lose(sent, &err, now, false);
         }
-        for queued in std::mem::take(&mut self.queue) {
-            self.answers.push(Answer {
-                tag: queued.tag,
-                request: queued.request,
-                outcome: failed(err.clone()),
-                sent_at: None,
-            });
-        }
+        self.fail_queued(&err);
         self.give_backs.clear();
         self.out.clear();
         self.phase = Phase::Closed;
@@ -728,19 +721,24 @@ impl Conn {
         self.failed_attempt(err, now);
     }
 
+    /// Every request that waits unwritten fails with `err`.
+    fn fail_queued(&mut self, err: &EngineError) {
+        for queued in std::mem::take(&mut self.queue) {
+            self.answers.push(Answer {
+                tag: queued.tag,
+                request: queued.request,
+                outcome: failed(err.clone()),
+                sent_at: None,
+            });
+        }
+    }
+
     fn failed_attempt(&mut self, err: EngineError, now: Instant) {
         if matches!(
             err.kind(),
             ErrorKind::Auth | ErrorKind::Config | ErrorKind::Redis
         ) {
-            for queued in std::mem::take(&mut self.queue) {
-                self.answers.push(Answer {
-                    tag: queued.tag,
-                    request: queued.request,
-                    outcome: failed(err.clone()),
-                    sent_at: None,
-                });
-            }
+            self.fail_queued(&err);
         }
         self.retry_at = Some(now + self.backoff);
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
