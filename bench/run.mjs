@@ -31,7 +31,7 @@ import { TRANSPORTS, TRANSPORT_LABELS, serverClients, keyClients, clientForKey }
 import { startDeployment } from './lib/deployments.mjs';
 import { median, percentile, mean } from './lib/stats.mjs';
 import { LoadProbe } from './lib/load.mjs';
-import { markdown, chart, targets, transportTargets, ratio } from './lib/report.mjs';
+import { markdown, chart, transportChart, targets, transportTargets, ratio } from './lib/report.mjs';
 
 /** @typedef {import('./lib/report.mjs').Row} Row */
 /** @typedef {import('./lib/report.mjs').Scenario} Scenario */
@@ -782,7 +782,8 @@ async function main() {
   meta.warnings = warnings;
 
   mkdirSync(outDir, { recursive: true });
-  const md = markdown(meta, scenarios, 'chart.svg');
+  const perTransport = transportChart(scenarios, meta);
+  const md = markdown(meta, scenarios, 'chart.svg', perTransport ? 'chart-transports.svg' : null);
   const json = { meta, scenarios, targets: targets(scenarios), transportTargets: transportTargets(scenarios), failures };
   const write = (/** @type {string} */ name, /** @type {string} */ text) => {
     const path = join(outDir, name);
@@ -792,8 +793,9 @@ async function main() {
   write('results.json', `${JSON.stringify(json, null, 2)}\n`);
   write('results.md', md);
   write('chart.svg', chart(scenarios, meta));
+  if (perTransport) write('chart-transports.svg', perTransport);
   console.log(`\n${md}`);
-  console.log(`Wrote ${['results.json', 'results.md', 'chart.svg'].map((f) => relative(process.cwd(), join(outDir, f))).join(', ')} in ${meta.seconds} s.`);
+  console.log(`Wrote ${['results.json', 'results.md', 'chart.svg', ...(perTransport ? ['chart-transports.svg'] : [])].map((f) => relative(process.cwd(), join(outDir, f))).join(', ')} in ${meta.seconds} s.`);
   if (failures) {
     console.error(`\nbench: ${failures} implementation(s) FAILED (see the tables and the messages above).`);
     process.exitCode = 1;

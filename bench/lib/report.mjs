@@ -300,8 +300,9 @@ function transportTargetsTable(scenarios) {
 /**
  * The whole Markdown report.
  * @param {Record<string, any>} meta @param {Scenario[]} scenarios @param {string} chartFile
+ * @param {string | null} [transportChartFile] issue #11's chart, if there is one
  */
-export function markdown(meta, scenarios, chartFile) {
+export function markdown(meta, scenarios, chartFile, transportChartFile = null) {
   const parts = [];
   parts.push(`# Benchmark: simple-distributed-lock v2 beside the alternatives`);
   parts.push(
@@ -324,7 +325,7 @@ export function markdown(meta, scenarios, chartFile) {
   }
   if (transportTargets(scenarios).length) {
     parts.push(
-      `## Targets per transport (issue #11), v2 as built\n\nEach ratio is v2 against plain ioredis on the same transport, in the same run; contention against its own floor (that transport's round trip).\n\n${transportTargetsTable(scenarios)}`,
+      `## Targets per transport (issue #11), v2 as built\n\nEach ratio is v2 against plain ioredis on the same transport, in the same run; contention against its own floor (that transport's round trip).\n\n${transportTargetsTable(scenarios)}${transportChartFile ? `\n\n![v2 per transport](${transportChartFile})` : ''}`,
     );
   }
   const tcp = overTcp(scenarios);
@@ -368,6 +369,11 @@ const COLOURS = /** @type {Record<string, string>} */ ({
   'v2-nofence': '#76b7b2',
   redlock: '#e15759',
   'redis-semaphore': '#59a14f',
+  // transportChart's bars: one per transport
+  tcp: '#4e79a7',
+  tls: '#edc948',
+  cluster: '#b07aa1',
+  sentinel: '#ff9da7',
 });
 
 /** @param {string} s */
@@ -383,7 +389,7 @@ function esc(s) {
  */
 export function chart(scenarios, meta) {
   const by = Object.fromEntries(overTcp(scenarios).map((s) => [s.name, s]));
-  /** @type {Array<{ title: string, better: 'lower' | 'higher', target?: number, bars: Array<{ impl: string, value: number | null }> }>} */
+  /** @type {ChartGroup[]} */
   const groups = [];
   /** @param {Scenario | undefined} s @param {string} key @param {(r: Row) => boolean} [pick] */
   const bars = (s, key, pick = () => true) =>
@@ -416,6 +422,48 @@ export function chart(scenarios, meta) {
       bars: bars(by.redlock, 'acquireVsV2One', (r) => r.attrs?.masters === 3),
     });
   }
+  return drawChart(groups, meta, 'simple-distributed-lock v2: headline ratios (log scale; 1× = the reference)', 'v2 target (issue #6)');
+}
+
+/**
+ * Issue #11's headline ratios of v2, one bar per transport: each against plain ioredis on that
+ * transport (contention: against that transport's floor).
+ * @param {Scenario[]} scenarios
+ * @param {Record<string, any>} meta
+ * @returns {string | null} null when only plain TCP was measured
+ */
+export function transportChart(scenarios, meta) {
+  const measured = TRANSPORTS.filter((t) => scenarios.some((s) => s.transport === t && ['serial', 'throughput', 'contention'].includes(s.name)));
+  if (measured.filter((t) => t !== 'tcp').length === 0) return null;
+  /** @param {string} name @param {string} key @param {(r: Row) => boolean} [pick] */
+  const bars = (name, key, pick = () => true) =>
+    measured.map((transport) => {
+      const row = scenarios.find((s) => s.transport === transport && s.name === name)?.rows.find((r) => r.impl === 'v2' && r.status === 'ok' && pick(r));
+      const value = row?.ratios[key];
+      return { impl: transport, value: value !== undefined && Number.isFinite(value) ? value : null };
+    });
+  /** @type {ChartGroup[]} */
+  const groups = [
+    { title: '1 serial p50 ÷ ioredis', better: 'lower', target: 1, bars: bars('serial', 'p50VsIoredis') },
+    { title: '2 pairs/s ÷ ioredis', better: 'higher', target: 2, bars: bars('throughput', 'rateVsIoredis') },
+    { title: '2 client CPU/pair ÷ ioredis', better: 'lower', target: 0.5, bars: bars('throughput', 'cpuVsIoredis') },
+  ];
+  const modes = scenarios.find((s) => s.name === 'contention')?.extra.modes ?? [];
+  for (const procs of modes) {
+    groups.push({ title: `3 wall ÷ floor, ${procs} proc${procs > 1 ? 's' : ''}`, better: 'lower', target: 1.2, bars: bars('contention', 'wallVsFloor', (r) => r.attrs?.processes === procs) });
+  }
+  return drawChart(groups, meta, 'v2 per transport, ÷ plain ioredis on the same transport (log scale)', 'v2 target (issue #11)');
+}
+
+/**
+ * @typedef {{ title: string, better: 'lower' | 'higher', target?: number, bars: Array<{ impl: string, value: number | null }> }} ChartGroup
+ */
+
+/**
+ * Grouped bars on a log scale with a line at 1×; a bar's `impl` picks its colour and legend entry.
+ * @param {ChartGroup[]} groups @param {Record<string, any>} meta @param {string} heading @param {string} targetLegend
+ */
+function drawChart(groups, meta, heading, targetLegend) {
   const impls = [...new Set(groups.flatMap((g) => g.bars.map((b) => b.impl)))];
   const values = groups.flatMap((g) => g.bars.map((b) => b.value)).filter((v) => v !== null && v > 0);
   const lo = Math.min(0.1, ...values.map((v) => /** @type {number} */ (v) / 1.3));
@@ -433,7 +481,7 @@ export function chart(scenarios, meta) {
   const out = [];
   out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="Helvetica, Arial, sans-serif" font-size="11">`);
   out.push(`<rect width="100%" height="100%" fill="#ffffff"/>`);
-  out.push(`<text x="${left}" y="22" font-size="15" font-weight="bold">simple-distributed-lock v2: headline ratios (log scale; 1× = the reference)</text>`);
+  out.push(`<text x="${left}" y="22" font-size="15" font-weight="bold">${esc(heading)}</text>`);
   out.push(`<text x="${left}" y="40" fill="#555">${esc(`${String(meta.date).slice(0, 16).replace('T', ' ')} UTC · ${meta.cpuModel}, ${meta.cores} cores · Node ${meta.node} · Redis ${meta.redis} · ${meta.pinning}`)}</text>`);
   out.push(`<text x="${left}" y="56" fill="#555">${esc(`${meta.command}${meta.quick ? ' (quick smoke run)' : ''} · medians of ${meta.repeat} repeat(s)`)}</text>`);
   for (let d = decades.lo; d <= decades.hi; d++) {
@@ -473,7 +521,7 @@ export function chart(scenarios, meta) {
     out.push(`<text x="${cx}" y="${labelY}" dy="12" text-anchor="end" fill="#777" font-size="9" transform="rotate(-35 ${cx} ${labelY})">${g.better} is better</text>`);
   });
   const legendTargetX = left + impls.length * 120;
-  out.push(`<line x1="${legendTargetX}" x2="${legendTargetX + 18}" y1="${height - 18}" y2="${height - 18}" stroke="#c00" stroke-width="1.2" stroke-dasharray="4 2"/><text x="${legendTargetX + 22}" y="${height - 14}">v2 target (issue #6)</text>`);
+  out.push(`<line x1="${legendTargetX}" x2="${legendTargetX + 18}" y1="${height - 18}" y2="${height - 18}" stroke="#c00" stroke-width="1.2" stroke-dasharray="4 2"/><text x="${legendTargetX + 22}" y="${height - 14}">${esc(targetLegend)}</text>`);
   impls.forEach((impl, i) => {
     const x = left + i * 120;
     const yy = height - 14;
