@@ -7,15 +7,31 @@
 //   3. the TypeScript check of the facade, the tests and the v1 README consumer
 //   4. the JS black-box tests (node --test), against real Redis; then the API tests again with
 //      the event-loop transport off, and the API and lease tests over TLS
+//   5. with SDL_TEST_NODES (node binaries separated by ':'), the API, lease, fault and process-exit
+//      tests once more on each of those Node lines (.ci/run passes 22, 24 and 26 from the npm registry)
 // Needs: cargo, redis-server on PATH, and Redis on localhost:6379 for the README examples.
 
 const { execFileSync, spawnSync } = require('node:child_process');
-const { mkdtempSync, rmSync, writeFileSync } = require('node:fs');
+const { mkdtempSync, readdirSync, rmSync, writeFileSync } = require('node:fs');
 const { tmpdir } = require('node:os');
 const { join } = require('node:path');
 
 const root = join(__dirname, '..');
 const npx = process.platform === 'win32' ? 'npx.cmd' : 'npx';
+
+/**
+ * Every test file under __test__ (`*.test.mjs`, subfolders too), named one by one: Node 22 takes
+ * the arguments of `--test` as globs and fails on a bare directory, Node 20 takes no globs.
+ */
+const testFiles = /** @type {string[]} */ (readdirSync(join(root, '__test__'), { recursive: true }))
+  .map((f) => f.split('\\').join('/'))
+  .filter((f) => f.endsWith('.test.mjs') && !f.split('/').includes('node_modules'))
+  .sort()
+  .map((f) => `__test__/${f}`);
+const apiSuites = ['__test__/api.test.mjs', '__test__/connection.test.mjs', '__test__/leases.test.mjs', '__test__/faults.test.mjs'];
+const otherNodes = (process.env.SDL_TEST_NODES ?? '').split(':').filter(Boolean);
+// On another Node line: the calls, the leases, the faults, and that nothing keeps the process alive.
+const nodeLineSuites = ['__test__/api.test.mjs', '__test__/leases.test.mjs', '__test__/faults.test.mjs', '__test__/process-exit.test.mjs'];
 
 /** @type {Array<[string, string, string[]]>} */
 const steps = [
@@ -27,11 +43,13 @@ const steps = [
       ])),
   ['engine tests (Rust)', 'cargo', ['test', '-p', 'sdl-engine']],
   ['type check (tsc)', npx, ['tsc', '-p', 'tsconfig.json']],
-  ['black-box tests (node --test)', process.execPath, ['--test', '--test-reporter=spec', '__test__/']],
+  ['black-box tests (node --test)', process.execPath, ['--test', '--test-reporter=spec', ...testFiles]],
   // The same API tests once more with every call on the runtime path (the event-loop lane off).
-  ['API tests, event-loop lane off', process.execPath, ['--test', '--test-reporter=dot', '__test__/api.test.mjs', '__test__/connection.test.mjs', '__test__/leases.test.mjs', '__test__/faults.test.mjs']],
+  ['API tests, event-loop lane off', process.execPath, ['--test', '--test-reporter=dot', ...apiSuites]],
   // The API and lease suites once more with every server TLS-only (see helpers/redis-server.mjs).
   ['API and lease tests over TLS', process.execPath, ['--test', '--test-reporter=dot', '__test__/api.test.mjs', '__test__/leases.test.mjs']],
+  // The event-loop lane calls libuv inside the host process: check it on every Node line asked for.
+  ...otherNodes.map((node) => /** @type {[string, string, string[]]} */ ([`API tests on ${node}`, node, ['--test', '--test-reporter=dot', ...nodeLineSuites]])),
 ];
 
 /** A CA and a server certificate for 127.0.0.1 / localhost, made with openssl, in a fresh directory. */
