@@ -125,13 +125,28 @@ test('fairness: processes with steady demand for one lock take turns, none keeps
   // a waiter. A process hands the lock to its own next waiter in one round trip, but only a few
   // times in a row; then the others get their turn. Without that, the first process would keep
   // the lock for all 30 of its sections while the others wait.
+  // The race starts from a lock every process already waits for: the test holds it until each
+  // worker's subscriber listens on its release channel, so a process that is slow to start (a
+  // loaded machine) is not counted as starved while it was not yet asking.
   await raw.del('fair:ready', 'fair:holders');
   const workers = 3;
   const sections = 15;
-  await runWorkers(
+  const starter = new Lock(server.url);
+  const held = await starter.acquire('fair', { ttl: 60000 });
+  assert.ok(held);
+  const finished = runWorkers(
     'fair-worker.mjs',
     Array.from({ length: workers }, (_, id) => ({ url: server.url, resource: 'fair', id, workers, loops: 2, sections })),
   );
+  finished.catch(() => {});
+  const listening = async () => Number((await raw.pubsub('NUMSUB', 'sdl:released:lock:fair'))[1]);
+  for (let waited = 0; (await listening()) < workers; waited += 10) {
+    assert.ok(waited < 30000, `only ${await listening()} of ${workers} workers listen for the release`);
+    await sleep(10);
+  }
+  assert.equal(await starter.release('fair', held), true);
+  await finished;
+  await starter.close();
   const holders = await raw.lrange('fair:holders', 0, -1);
   assert.equal(holders.length, workers * 2 * sections);
   // Runs are counted until the first process is done: after that, fewer processes contend and
