@@ -255,8 +255,129 @@ export declare class Lock {
    */
   close(): Promise<void>;
 
+  /**
+   * v2: what this Lock did: counters since it was made, locks held and acquires waiting now, and
+   * wait- and hold-time summaries over a sliding window. Counting is always on (it is cheap).
+   */
+  metrics(): LockMetrics;
+
   /** v2: `await using lock = new Lock(...)` closes it at the end of the scope. */
   [Symbol.asyncDispose](): Promise<void>;
+}
+
+/** v2: durations in ms over the last `windowMs` (at most the last 1,024 samples). */
+export interface DurationSummary {
+  count: number;
+  p50: number;
+  p90: number;
+  p99: number;
+  max: number;
+}
+
+/** v2: what `lock.metrics()` returns. */
+export interface LockMetrics {
+  /** Acquires that took the lock (acquire, acquireLease, using). */
+  acquired: number;
+  /** Acquires that found it held after every attempt allowed. */
+  refused: number;
+  /** Calls that rejected with an error from Redis or the connection (bad arguments not counted). */
+  errors: number;
+  /** Releases that deleted the lock. */
+  released: number;
+  /** Releases that found the lock gone or owned by someone else. */
+  releasedNotOwner: number;
+  /** `extend` calls that succeeded (auto-extensions are not counted one by one). */
+  extended: number;
+  /** `extend` calls that found the lock not theirs, plus auto-extensions that failed and were retried. */
+  extendFailed: number;
+  /** Tracked leases lost, by `LockLostError.kind`. */
+  lost: { 'not-owner': number; unreachable: number; expired: number; 'max-hold-time': number; closed: number };
+  /** Locks this Lock holds now: granted, not released or lost, and (without autoExtend) within their ttl. */
+  held: number;
+  /** Acquires waiting now (with retries or a waitTimeout). */
+  waiting: number;
+  /** From the call to the grant, for acquires that took the lock. */
+  waitTime: DurationSummary;
+  /** From the grant to a release that deleted the lock. */
+  holdTime: DurationSummary;
+  /** How far back the summaries look (60000). */
+  windowMs: number;
+}
+
+/**
+ * v2: the context of the tracing channels `simple-distributed-lock:acquire`, `:release`,
+ * `:extend`, `:isLocked` and `:using` (Node's `diagnostics_channel.tracingChannel`). Never holds
+ * an owner token or a password: `result` is rebuilt without the token.
+ */
+export interface TraceContext {
+  resource: string;
+  /** The Lock's `prefix`. */
+  prefix: string;
+  /** `host:port` of the server, or the deployment (`cluster ...`, `Redlock over ...`). */
+  server: string;
+  /** acquire, using: the ttl asked for; extend: the ttl set. */
+  ttl?: number;
+  /** acquire, using. */
+  autoExtend?: boolean;
+  /**
+   * When it ended. acquire: 'granted' | 'refused'; release: 'released' | 'not-owner'; extend:
+   * 'extended' | 'not-owner'; isLocked: 'held' | 'free'; using: 'completed' (fn returned and the
+   * lock was released); every one: 'error' (`error` holds it).
+   */
+  outcome?: 'granted' | 'refused' | 'released' | 'not-owner' | 'extended' | 'held' | 'free' | 'completed' | 'error';
+  /** acquire, using: attempts sent to Redis. */
+  attempts?: number;
+  /** acquire, using: ms from the call to the grant or refusal. */
+  waitedMs?: number;
+  /** acquire, using: the fence granted, or `null`. */
+  fence?: number | null;
+  /** acquire: `{ granted, fence }`; release, extend, isLocked: the boolean resolved. */
+  result?: { granted: boolean; fence: number | null } | boolean;
+  error?: unknown;
+}
+
+/** v2: a message of `simple-distributed-lock:lost`. */
+export interface LostMessage {
+  resource: string;
+  prefix: string;
+  server: string;
+  kind: 'not-owner' | 'unreachable' | 'expired' | 'max-hold-time';
+  message: string;
+}
+
+/** v2: a message of `simple-distributed-lock:extend-failed` (one per lease whose auto-extension failed). */
+export interface ExtendFailedMessage {
+  resource: string;
+  prefix: string;
+  server: string;
+  error: string;
+  /** When it is tried again (while the lease lasts). */
+  retryInMs: number;
+}
+
+/** v2: a message of `simple-distributed-lock:connection`. */
+export interface ConnectionMessage {
+  event: 'opened' | 'reopened' | 'broken' | 'connect-failed' | 'script-reloaded' | 'redirected' | 'cluster-retry' | 'master-switched';
+  /** `host:port` of the server concerned. */
+  server: string;
+  /** It concerns the auto-extension connection (apart from the calls' own). */
+  background: boolean;
+  /** One line, as the debug log prints it. */
+  message: string;
+  error?: string;
+  retryInMs?: number;
+  /** `redirected`: where to, the slot, and whether it was ASK (else MOVED). */
+  to?: string;
+  slot?: number;
+  ask?: boolean;
+}
+
+/** v2: a message of `simple-distributed-lock:quorum` (Redlock, one per acquire while subscribed). */
+export interface QuorumMessage {
+  resource: string;
+  prefix: string;
+  granted: boolean;
+  votes: Array<{ server: string; vote: 'granted' | 'refused' | 'failed' | 'no-answer'; error?: string }>;
 }
 
 /** Base class of every error the lock raises about Redis or its own state. */
@@ -285,6 +406,10 @@ export declare class LockReplicationError extends LockError {}
 /** `using()` could not acquire the lock. `code`: `ERR_LOCK_NOT_ACQUIRED`. */
 export declare class LockAcquireError extends LockError {
   readonly resource: string;
+  /** v2: attempts sent to Redis (0 when the wait ended before this caller's turn came). */
+  readonly attempts: number;
+  /** v2: ms from the call to giving up. */
+  readonly waitedMs: number;
 }
 /** A held lock was lost. `code`: `ERR_LOCK_LOST`. */
 export declare class LockLostError extends LockError {

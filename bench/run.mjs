@@ -587,6 +587,7 @@ const HOW = {
   v1: '`lock.using(r, fn, { retryCount: Infinity })`: retryDelay 200 ms (default); v1\'s default retryCount 0 would not wait at all',
   v2: '`lock.using(r, fn, { retryCount: Infinity })`: retryDelay 200 ms (default) plus release notifications',
   'v2-nofence': 'as v2, with `fencing: false`',
+  'v2-traced': 'as v2, with every tracing channel subscribed',
   redlock: '`redlock.using([key], 10000, fn)`: retryCount 10, retryDelay 200 ms, retryJitter 100 ms (defaults)',
   'redis-semaphore': '`new Mutex(redis, r).acquire()`: retryInterval 10 ms, acquireTimeout 10 s (defaults)',
 };
@@ -647,6 +648,7 @@ const HOLD = {
   v1: '`lock.acquire(r, { ttl, autoExtend: true })`: one setInterval per lock',
   v2: '`lock.acquire(r, { ttl, autoExtend: true })`: one native scheduler, batched extends',
   'v2-nofence': 'as v2, with `fencing: false`',
+  'v2-traced': 'as v2, with every tracing channel subscribed',
   redlock: '`redlock.using([key], ttl, routine)` (the routine waits out the hold)',
   'redis-semaphore': '`new Mutex(redis, r, { lockTimeout: ttl }).acquire()` (refresh timer per lock)',
 };

@@ -95,14 +95,21 @@ class LockReplicationError extends LockError {
   }
 }
 
-/** `using()` could not acquire the lock. The message is v1's, word for word. */
+/**
+ * `using()` could not acquire the lock. The message is v1's, word for word; v2 adds how many
+ * attempts were sent and how long it waited.
+ */
 class LockAcquireError extends LockError {
-  /** @param {string} resource */
-  constructor(resource) {
+  /** @param {string} resource @param {{ attempts?: number, waitedMs?: number }} [details] */
+  constructor(resource, details = {}) {
     super(`Failed to acquire lock on resource "${resource}".`);
     this.code = 'ERR_LOCK_NOT_ACQUIRED';
     /** @type {string} */
     this.resource = resource;
+    /** Attempts sent to Redis (0 when the wait ended before this caller's turn came). @type {number} */
+    this.attempts = details.attempts ?? 0;
+    /** Ms from the call to giving up. @type {number} */
+    this.waitedMs = details.waitedMs ?? 0;
   }
 }
 

@@ -8,6 +8,7 @@ const { NativeLocker } = require('./native');
 const { BY_CODE, fromNative, LockAcquireError, LockLostError } = require('./errors');
 const { resolveConnection } = require('./connection');
 const { Lease } = require('./lease');
+const { channels, trace, traced, debug, debugEnabled, Metrics } = require('./observe');
 const validate = require('./validate');
 
 const DEFAULT_TTL_MS = 10000;
@@ -17,6 +18,7 @@ const DEFAULT_RETRY_DELAY_MS = 200;
 const asyncDispose = Symbol.asyncDispose ?? Symbol.for('nodejs.asyncDispose');
 const onLost = Symbol('onLost');
 const onExtended = Symbol('onExtended');
+const onNotice = Symbol('onNotice');
 
 /**
  * Lost-lease notifications come from the engine with the Lock's id, not with the Lock itself:
@@ -27,6 +29,11 @@ const onExtended = Symbol('onExtended');
 const locksById = new Map();
 const forgetLock = new FinalizationRegistry((/** @type {number} */ id) => locksById.delete(id));
 let nextLockId = 1;
+
+/**
+ * What the engine says of an acquire that reports itself.
+ * @typedef {{ token: string, fence: number | null, validForMs: number, deadline: number, attempts: number } | { token: null, attempts: number, fence?: undefined }} Detailed
+ */
 
 /**
  * @typedef {object} AcquireSettings
@@ -50,6 +57,14 @@ class Lock {
   #driftFactor;
   #nextCancelId = 1;
   #closed = false;
+  /** The Lock's own prefix (without ioredis's keyPrefix), for the tracing contexts. */
+  #prefix;
+  /** The engine's target (`host:port`, never credentials), for contexts and log lines. */
+  #server;
+  #metrics = new Metrics();
+  /** Redlock: whether the engine reports every acquire's votes (someone listens on `:quorum`). */
+  #votesWanted = false;
+  #redlock = false;
 
   /**
    * @param {unknown} redis an ioredis instance, a redis:// or rediss:// URL, or an options object
@@ -59,6 +74,7 @@ class Lock {
     const opts = validate.optionsBag('options', options);
     this.#ttl = validate.milliseconds('ttl', opts.ttl, DEFAULT_TTL_MS);
     const prefix = validate.text('prefix', opts.prefix, DEFAULT_PREFIX);
+    this.#prefix = prefix;
     this.#onLockLost = validate.optionalCallback('onLockLost', opts.onLockLost);
     const fencing = validate.flag('fencing', opts.fencing, true);
     const driftFactor = validate.fraction('driftFactor', opts.driftFactor, 0.01);
@@ -73,12 +89,18 @@ class Lock {
         BY_CODE,
         (lost) => dispatchLost(id, ...lost),
         (extended) => dispatchExtended(id, extended),
+        (notice) => dispatchNotice(id, notice),
       );
     } catch (err) {
       throw fromNative(err);
     }
+    this.#server = this.#native.target;
+    this.#redlock = topology.kind === 'redlock';
     locksById.set(id, new WeakRef(this));
     forgetLock.register(this, id);
+    if (debugEnabled && this.#native.transport !== 'event-loop') {
+      debug('%s: the event-loop transport is not available here; calls go through the runtime', this.#server);
+    }
   }
 
   // The hot paths below are plain methods that hand back the engine's own promise: no async
@@ -91,13 +113,30 @@ class Lock {
    * @returns {Promise<string | null>}
    */
   acquire(resource, opts) {
+    const start = performance.now();
     try {
-      const key = this.#keyPrefix + validate.resourceName(resource);
+      const name = validate.resourceName(resource);
+      const key = this.#keyPrefix + name;
       const o = this.#acquireSettings(opts);
-      if (o.signal) {
-        return this.#withSignal(key, o.signal, (cancelId) => this.#native.acquire(key, o.ttl, o.autoExtend, o.wait, cancelId, o.maxHold));
+      if (this.#redlock) this.#askForVotes();
+      if (traced(channels.acquire)) {
+        return this.#take(name, key, o, start, false).then((grant) => grant.token);
       }
-      return this.#native.acquire(key, o.ttl, o.autoExtend, o.wait, 0, o.maxHold);
+      const m = this.#metrics;
+      const waits = o.wait !== null;
+      if (waits) m.waiting++;
+      const promise = o.signal
+        ? this.#withSignal(key, o.signal, (cancelId) => this.#native.acquire(key, o.ttl, o.autoExtend, o.wait, cancelId, o.maxHold))
+        : this.#native.acquire(key, o.ttl, o.autoExtend, o.wait, 0, o.maxHold);
+      // Counted on a branch of the engine's promise: the caller's continuation costs no extra tick.
+      promise.then(
+        (token) => this.#acquired(token, start, waits, o),
+        () => {
+          if (waits) m.waiting--;
+          m.errors++;
+        },
+      );
+      return promise;
     } catch (err) {
       return Promise.reject(fromNative(err));
     }
@@ -110,18 +149,99 @@ class Lock {
    * @returns {Promise<Lease | null>}
    */
   async acquireLease(resource, opts) {
+    const start = performance.now();
     const name = validate.resourceName(resource);
-    const key = this.#keyPrefix + name;
     const o = this.#acquireSettings(opts);
-    const grant = await this.#withSignal(key, o.signal, (cancelId) =>
-      this.#native.acquireLease(key, o.ttl, o.autoExtend, o.wait, cancelId, o.maxHold),
-    );
-    if (grant === null) return null;
+    if (this.#redlock) this.#askForVotes();
+    const grant = await this.#take(name, this.#keyPrefix + name, o, start, true);
+    return grant.token === null ? null : this.#leaseOf(name, grant);
+  }
+
+  /**
+   * @param {string} name
+   * @param {{ token: string, fence: number | null, validForMs: number, deadline: number }} grant
+   */
+  #leaseOf(name, grant) {
     /** @type {import('./lease').LeaseState} */
     const state = { resource: name, controller: new AbortController(), deadline: grant.deadline, lastSentAt: -Infinity, released: false };
     this.#leases.set(grant.token, state);
     const expiresAt = Date.now() + Math.floor(grant.validForMs);
     return new Lease(this.#leaseOwner, state, grant.token, grant.fence ?? null, expiresAt);
+  }
+
+  /**
+   * An acquire that reports what it did (attempts, fence): for acquireLease (`watch`), using,
+   * and acquire while its tracing channel has subscribers. Counted and traced here.
+   * @param {string} name @param {string} key @param {AcquireSettings} o @param {number} start
+   * @param {boolean} watch
+   * @returns {Promise<Detailed>}
+   */
+  #take(name, key, o, start, watch) {
+    const m = this.#metrics;
+    const waits = o.wait !== null;
+    const run = () => {
+      if (waits) m.waiting++;
+      return this.#withSignal(key, o.signal, (cancelId) =>
+        watch
+          ? this.#native.acquireLease(key, o.ttl, o.autoExtend, o.wait, cancelId, o.maxHold)
+          : this.#native.acquireDetailed(key, o.ttl, o.autoExtend, o.wait, cancelId, o.maxHold),
+      ).then(
+        (grant) => {
+          this.#acquired(grant.token, start, waits, o);
+          return grant;
+        },
+        (err) => {
+          if (waits) m.waiting--;
+          m.errors++;
+          throw err;
+        },
+      );
+    };
+    if (!traced(channels.acquire)) return run();
+    const ctx = this.#context(name, o);
+    return trace(channels.acquire, ctx, run, (c, grant) => {
+      c.outcome = grant.token === null ? 'refused' : 'granted';
+      c.attempts = grant.attempts;
+      c.waitedMs = performance.now() - start;
+      c.fence = grant.token === null ? null : grant.fence;
+      c.result = { granted: grant.token !== null, fence: c.fence };
+    });
+  }
+
+  /**
+   * Counts an acquire's result.
+   * @param {string | null} token @param {number} start @param {boolean} waits @param {AcquireSettings} o
+   */
+  #acquired(token, start, waits, o) {
+    const m = this.#metrics;
+    if (waits) m.waiting--;
+    if (token === null) {
+      m.refused++;
+      return;
+    }
+    const now = performance.now();
+    m.wait.add(now - start, now);
+    m.granted(token, now, o.autoExtend ? Infinity : now + o.ttl);
+  }
+
+  /**
+   * What every traced operation's context starts with.
+   * @param {string} resource @param {AcquireSettings} [o]
+   * @returns {Record<string, unknown>}
+   */
+  #context(resource, o) {
+    return o
+      ? { resource, prefix: this.#prefix, server: this.#server, ttl: o.ttl, autoExtend: o.autoExtend }
+      : { resource, prefix: this.#prefix, server: this.#server };
+  }
+
+  /** Redlock: every acquire's votes are reported while someone listens on `:quorum`. */
+  #askForVotes() {
+    const wanted = channels.quorum.hasSubscribers;
+    if (wanted !== this.#votesWanted) {
+      this.#votesWanted = wanted;
+      this.#native.setVotesWanted(wanted);
+    }
   }
 
   /**
@@ -131,14 +251,28 @@ class Lock {
    */
   release(resource, token) {
     try {
-      const key = this.#keyPrefix + validate.resourceName(resource);
+      const name = validate.resourceName(resource);
+      const key = this.#keyPrefix + name;
       const owner = validate.ownerToken(token);
       if (this.#leases.size > 0) {
         const lease = this.#leases.get(owner);
         if (lease) lease.released = true;
         this.#leases.delete(owner);
       }
-      return this.#native.release(key, owner);
+      const m = this.#metrics;
+      const run = () => {
+        const promise = this.#native.release(key, owner);
+        promise.then(
+          (released) => m.releasedBy(owner, released, performance.now()),
+          () => m.errors++,
+        );
+        return promise;
+      };
+      if (!traced(channels.release)) return run();
+      return trace(channels.release, this.#context(name), run, (c, released) => {
+        c.outcome = released ? 'released' : 'not-owner';
+        c.result = released;
+      });
     } catch (err) {
       return Promise.reject(fromNative(err));
     }
@@ -152,20 +286,39 @@ class Lock {
    */
   extend(resource, token, ttl) {
     try {
-      const key = this.#keyPrefix + validate.resourceName(resource);
+      const name = validate.resourceName(resource);
+      const key = this.#keyPrefix + name;
       const owner = validate.ownerToken(token);
       const ms = validate.milliseconds('ttl', ttl, this.#ttl);
-      const lease = this.#leases.size > 0 ? this.#leases.get(owner) : undefined;
-      if (!lease) return this.#native.extend(key, owner, ms);
-      // A lease's deadline counts from the send time, as the engine's does.
-      const sentAt = performance.now();
-      return this.#native.extend(key, owner, ms).then((extended) => {
-        if (extended && sentAt >= lease.lastSentAt) {
-          // PEXPIRE set the TTL: the deadline moves to this extend's, earlier too.
-          lease.lastSentAt = sentAt;
-          lease.deadline = sentAt + ms - Math.min(ms, ms * this.#driftFactor + 2);
-        }
-        return extended;
+      const run = () => {
+        const lease = this.#leases.size > 0 ? this.#leases.get(owner) : undefined;
+        // A lease's deadline counts from the send time, as the engine's does.
+        const sentAt = performance.now();
+        const promise = this.#native.extend(key, owner, ms);
+        promise.then(
+          (extended) => {
+            const m = this.#metrics;
+            if (!extended) {
+              m.extendFailed++;
+              return;
+            }
+            m.extended++;
+            const held = m.held.get(owner);
+            if (held && held.until !== Infinity) held.until = sentAt + ms;
+            if (lease && sentAt >= lease.lastSentAt) {
+              // PEXPIRE set the TTL: the deadline moves to this extend's, earlier too.
+              lease.lastSentAt = sentAt;
+              lease.deadline = sentAt + ms - Math.min(ms, ms * this.#driftFactor + 2);
+            }
+          },
+          () => this.#metrics.errors++,
+        );
+        return promise;
+      };
+      if (!traced(channels.extend)) return run();
+      return trace(channels.extend, { ...this.#context(name), ttl: ms }, run, (c, extended) => {
+        c.outcome = extended ? 'extended' : 'not-owner';
+        c.result = extended;
       });
     } catch (err) {
       return Promise.reject(fromNative(err));
@@ -178,7 +331,17 @@ class Lock {
    */
   isLocked(resource) {
     try {
-      return this.#native.isLocked(this.#keyPrefix + validate.resourceName(resource));
+      const name = validate.resourceName(resource);
+      const run = () => {
+        const promise = this.#native.isLocked(this.#keyPrefix + name);
+        promise.then(undefined, () => this.#metrics.errors++);
+        return promise;
+      };
+      if (!traced(channels.isLocked)) return run();
+      return trace(channels.isLocked, this.#context(name), run, (c, held) => {
+        c.outcome = held ? 'held' : 'free';
+        c.result = held;
+      });
     } catch (err) {
       return Promise.reject(fromNative(err));
     }
@@ -193,10 +356,45 @@ class Lock {
    * @returns {Promise<T>}
    */
   async using(resource, fn, opts) {
+    const start = performance.now();
     const name = validate.resourceName(resource);
     validate.callback('fn', fn);
-    const lease = await this.acquireLease(name, opts);
-    if (lease === null) throw new LockAcquireError(name);
+    const o = this.#acquireSettings(opts);
+    if (this.#redlock) this.#askForVotes();
+    if (!traced(channels.using)) return this.#using(name, fn, o, start, null);
+    /** @type {Record<string, unknown>} */
+    const ctx = this.#context(name, o);
+    return trace(
+      channels.using,
+      ctx,
+      () => this.#using(name, fn, o, start, ctx),
+      (c) => {
+        c.outcome = 'completed';
+        c.result = undefined;
+      },
+      (err) => (err instanceof LockAcquireError ? err : withoutToken(err)),
+    );
+  }
+
+  /**
+   * @template T
+   * @param {string} name @param {(signal: AbortSignal, lease: Lease) => T | PromiseLike<T>} fn
+   * @param {AcquireSettings} o @param {number} start @param {Record<string, unknown> | null} ctx
+   * @returns {Promise<T>}
+   */
+  async #using(name, fn, o, start, ctx) {
+    const grant = await this.#take(name, this.#keyPrefix + name, o, start, true);
+    const waitedMs = performance.now() - start;
+    if (ctx) {
+      ctx.attempts = grant.attempts;
+      ctx.waitedMs = waitedMs;
+      ctx.fence = grant.token === null ? null : grant.fence;
+    }
+    if (grant.token === null) {
+      if (ctx) ctx.outcome = 'refused';
+      throw new LockAcquireError(name, { attempts: grant.attempts, waitedMs });
+    }
+    const lease = this.#leaseOf(name, grant);
     let result;
     try {
       result = await fn(lease.signal, lease);
@@ -210,6 +408,15 @@ class Lock {
   }
 
   /**
+   * v2: what this Lock did, as counters and summaries (see the README's Observability section).
+   * Cheap: counting is always on.
+   * @returns {import('..').LockMetrics}
+   */
+  metrics() {
+    return this.#metrics.snapshot();
+  }
+
+  /**
    * Stops auto-extension, pending waits and lease tracking, and closes the engine's
    * connections. Held leases' signals abort (kind 'closed'); their locks expire at their ttl.
    * Later calls reject with `LockClosedError`. Idempotent.
@@ -220,6 +427,8 @@ class Lock {
     this.#closed = true;
     this.#native.close();
     for (const [token, lease] of this.#leases) {
+      this.#metrics.lost.closed++;
+      this.#metrics.held.delete(token);
       lease.controller.abort(new LockLostError(lease.resource, token, 'closed', 'the Lock was closed'));
     }
     this.#leases.clear();
@@ -240,6 +449,11 @@ class Lock {
     this.#leases.delete(token);
     const resource = lease ? lease.resource : key.slice(this.#keyPrefix.length);
     const error = new LockLostError(resource, token, /** @type {LockLostError['kind']} */ (kind), detail);
+    const m = this.#metrics;
+    if (kind in m.lost) m.lost[/** @type {keyof Metrics['lost']} */ (kind)]++;
+    m.held.delete(token);
+    debug('lock on "%s" (%s) lost, %s: %s', resource, this.#server, kind, detail);
+    if (channels.lost.hasSubscribers) channels.lost.publish({ resource, prefix: this.#prefix, server: this.#server, kind, message: error.message });
     if (lease) lease.controller.abort(error);
     if (autoExtended && this.#onLockLost) callSafely(this.#onLockLost, { resource, token, reason: error });
   }
@@ -257,6 +471,65 @@ class Lock {
         lease.deadline = deadline;
       }
     }
+  }
+
+  /**
+   * Called (through dispatchNotice) with what the engine tells: to the channels, the debug log
+   * and the counters.
+   * @param {import('./native/native').EngineNotice} notice
+   */
+  [onNotice](notice) {
+    const via = notice.background ? ' (auto-extension connection)' : '';
+    switch (notice.kind) {
+      case 'quorum': {
+        const votes = notice.votes ?? [];
+        // A failed master, or silence that left the acquire undecided: a minority (or worse) down.
+        if (votes.some((v) => v.vote === 'failed' || (v.vote === 'no-answer' && !notice.granted))) debug('%s', notice.message);
+        if (channels.quorum.hasSubscribers) {
+          const key = notice.keys?.[0] ?? '';
+          channels.quorum.publish({
+            resource: this.#resourceOf(key),
+            prefix: this.#prefix,
+            granted: notice.granted === true,
+            votes: votes.map((v) => (v.error == null ? { server: v.server, vote: v.vote } : { server: v.server, vote: v.vote, error: v.error })),
+          });
+        }
+        return;
+      }
+      case 'extend-failed': {
+        const keys = notice.keys ?? [];
+        this.#metrics.extendFailed += keys.length;
+        debug('%s', notice.message);
+        if (channels.extendFailed.hasSubscribers) {
+          for (const key of keys) {
+            channels.extendFailed.publish({
+              resource: this.#resourceOf(key),
+              prefix: this.#prefix,
+              server: this.#server,
+              error: notice.error ?? '',
+              retryInMs: notice.retryInMs ?? 0,
+            });
+          }
+        }
+        return;
+      }
+      default: {
+        debug('%s%s', notice.message, via);
+        if (channels.connection.hasSubscribers) {
+          /** @type {Record<string, unknown>} */
+          const event = { event: notice.kind, server: notice.server ?? this.#server, background: notice.background, message: notice.message };
+          if (notice.error != null) event.error = notice.error;
+          if (notice.retryInMs != null) event.retryInMs = notice.retryInMs;
+          if (notice.to != null) Object.assign(event, { to: notice.to, slot: notice.slot, ask: notice.ask });
+          channels.connection.publish(event);
+        }
+      }
+    }
+  }
+
+  /** @param {string} key a lock key of this Lock */
+  #resourceOf(key) {
+    return key.startsWith(this.#keyPrefix) ? key.slice(this.#keyPrefix.length) : key;
   }
 
   /** What a Lease may do with its Lock. */
@@ -305,7 +578,7 @@ class Lock {
   /**
    * Runs a native acquire, wired to `signal`: rejects with `signal.reason` once it aborts, and
    * releases a lock that was granted just as the signal aborted.
-   * @template {string | { token: string } | null} R
+   * @template {string | { token: string | null } | null} R
    * @param {string} key
    * @param {AbortSignal | undefined} signal
    * @param {(cancelId: number) => Promise<R>} start
@@ -326,8 +599,9 @@ class Lock {
     } finally {
       signal.removeEventListener('abort', onAbort);
     }
-    if (granted !== null && signal.aborted) {
-      const token = typeof granted === 'string' ? granted : granted.token;
+    /** @type {string | null} */
+    const token = granted === null ? null : typeof granted === 'string' ? granted : granted.token;
+    if (token !== null && signal.aborted) {
       await this.#native.release(key, token).catch(() => {});
       throw signal.reason;
     }
@@ -346,6 +620,28 @@ function replicaAck(value) {
   const count = validate.retryCount(o.count, 'replicas.count');
   if (count === Infinity || count < 1) throw validate.rangeError('replicas.count', 'a positive integer', o.count);
   return { count, timeout: validate.milliseconds('replicas.timeout', o.timeout, 1000) };
+}
+
+/** @param {number} lockId @param {import('./native/native').EngineNotice} notice */
+function dispatchNotice(lockId, notice) {
+  try {
+    locksById.get(lockId)?.deref()?.[onNotice](notice);
+  } catch (err) {
+    warn('reporting an engine notice failed', err);
+  }
+}
+
+/**
+ * An error for a tracing context: a `LockLostError` (from `signal.reason`, rethrown by `fn`)
+ * holds the owner token, which is never published; a copy without it is.
+ * @param {unknown} err
+ */
+function withoutToken(err) {
+  if (!(err instanceof LockLostError)) return err;
+  const copy = new LockLostError(err.resource, '', err.kind, '');
+  copy.message = err.message;
+  copy.stack = err.stack;
+  return copy;
 }
 
 /** @param {number} lockId @param {Array<[string, number, number]>} extended */

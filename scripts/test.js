@@ -28,10 +28,11 @@ const testFiles = /** @type {string[]} */ (readdirSync(join(root, '__test__'), {
   .filter((f) => f.endsWith('.test.mjs') && !f.split('/').includes('node_modules'))
   .sort()
   .map((f) => `__test__/${f}`);
-const apiSuites = ['__test__/api.test.mjs', '__test__/connection.test.mjs', '__test__/leases.test.mjs', '__test__/faults.test.mjs'];
+const apiSuites = ['__test__/api.test.mjs', '__test__/connection.test.mjs', '__test__/leases.test.mjs', '__test__/faults.test.mjs', '__test__/observability.test.mjs'];
 const otherNodes = (process.env.SDL_TEST_NODES ?? '').split(':').filter(Boolean);
-// On another Node line: the calls, the leases, the faults, and that nothing keeps the process alive.
-const nodeLineSuites = ['__test__/api.test.mjs', '__test__/leases.test.mjs', '__test__/faults.test.mjs', '__test__/process-exit.test.mjs'];
+// On another Node line: the calls, the leases, the faults, that nothing keeps the process alive,
+// and the diagnostics channels (their API grew between Node lines).
+const nodeLineSuites = ['__test__/api.test.mjs', '__test__/leases.test.mjs', '__test__/faults.test.mjs', '__test__/process-exit.test.mjs', '__test__/observability.test.mjs'];
 
 /** @type {Array<[string, string, string[]]>} */
 const steps = [

@@ -10,6 +10,7 @@
 mod errors;
 mod js;
 mod lane;
+mod notices;
 mod settings;
 mod settle;
 
@@ -30,6 +31,7 @@ use sdl_engine::{
 use errors::{invalid_arg, to_js_error};
 use js::JsEnv;
 use lane::Lane;
+pub use notices::{EngineNotice, EngineVote};
 pub use settings::{
     ConnectionSettings, LockerSettings, TlsSettings, TopologySettings, WaitSettings,
 };
@@ -43,6 +45,7 @@ type LostNotifier = ThreadsafeFunction<LostArgs, (), LostArgs, Status, false, tr
 /// auto-extension moved.
 type ExtendedArgs = Vec<(String, f64, f64)>;
 type ExtendedNotifier = ThreadsafeFunction<ExtendedArgs, (), ExtendedArgs, Status, false, true>;
+type NoticeNotifier = ThreadsafeFunction<EngineNotice, (), EngineNotice, Status, false, true>;
 
 /// The lock operations of one Lock. The JS `Lock` class wraps this.
 #[napi]
@@ -60,11 +63,12 @@ impl NativeLocker {
     /// Creates the locker; connects lazily on the first operation. `onLost` receives
     /// `[key, token, reason, message, autoExtended]` once for each tracked lease that is lost;
     /// `onExtended` receives `[token, sentAt, deadline][]` for the watched leases (`acquireLease`)
-    /// that an auto-extension moved, on the clock of `options.clockOriginMs`.
+    /// that an auto-extension moved, on the clock of `options.clockOriginMs`; `onNotice`
+    /// receives what an operator may want to know (connections, redirects, votes, ...).
     #[napi(
         constructor,
         catch_unwind,
-        ts_args_type = "topology: TopologySettings, options: LockerSettings, errorClasses: Record<string, new (message: string) => Error>, onLost: (lost: [key: string, token: string, reason: 'not-owner' | 'unreachable' | 'expired' | 'max-hold-time', message: string, autoExtended: boolean]) => void, onExtended: (extended: Array<[token: string, sentAt: number, deadline: number]>) => void"
+        ts_args_type = "topology: TopologySettings, options: LockerSettings, errorClasses: Record<string, new (message: string) => Error>, onLost: (lost: [key: string, token: string, reason: 'not-owner' | 'unreachable' | 'expired' | 'max-hold-time', message: string, autoExtended: boolean]) => void, onExtended: (extended: Array<[token: string, sentAt: number, deadline: number]>) => void, onNotice: (notice: EngineNotice) => void"
     )]
     pub fn new(
         env: &Env,
@@ -73,6 +77,7 @@ impl NativeLocker {
         error_classes: Object,
         on_lost: Function<'_, LostArgs, ()>,
         on_extended: Function<'_, ExtendedArgs, ()>,
+        on_notice: Function<'_, EngineNotice, ()>,
     ) -> Result<Self> {
         // SAFETY: a constructor call from JS: the env is live and this is its JS thread.
         let js = unsafe { JsEnv::new(env.raw()) };
@@ -104,6 +109,18 @@ impl NativeLocker {
             // As above.
             let _ = extended.call(moved, ThreadsafeFunctionCallMode::NonBlocking);
         });
+        let noticed: NoticeNotifier = on_notice
+            .build_threadsafe_function()
+            .weak::<true>()
+            .callee_handled::<false>()
+            .build()?;
+        let on_notice = Arc::new(move |notice, background| {
+            // As above.
+            let _ = noticed.call(
+                EngineNotice::from_engine(notice, background),
+                ThreadsafeFunctionCallMode::NonBlocking,
+            );
+        });
         let on_lane = lane::usable();
         let poster = settler.poster();
         let transport = if on_lane {
@@ -120,6 +137,7 @@ impl NativeLocker {
                 key_prefix: options.key_prefix.clone().unwrap_or_default(),
                 on_lost: Some(on_lost),
                 on_extended: Some(on_extended),
+                on_notice: Some(on_notice),
                 drift_factor,
                 runtime: Some(runtime),
                 transport,
@@ -147,6 +165,48 @@ impl NativeLocker {
         })
     }
 
+    /// Like `acquire`, resolving to `{ token, fence, validForMs, deadline, attempts }` or
+    /// `{ token: null, attempts }` (what the tracing channels report); the lease is not watched.
+    #[napi(
+        catch_unwind,
+        ts_return_type = "Promise<{ token: string, fence: number | null, validForMs: number, deadline: number, attempts: number } | { token: null, attempts: number }>"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    pub fn acquire_detailed<'env>(
+        &self,
+        env: &'env Env,
+        key: String,
+        ttl_ms: u32,
+        auto_extend: bool,
+        wait: Option<WaitSettings>,
+        cancel_id: u32,
+        max_hold_ms: Option<u32>,
+    ) -> Result<PromiseRaw<'env, Option<String>>> {
+        let lease = Leasing {
+            auto_extend,
+            max_hold_ms,
+            expect: Expect::Detail,
+        };
+        self.take(env, key, ttl_ms, lease, wait, cancel_id)
+    }
+
+    /// Redlock: whether every acquire reports each master's vote as a `quorum` notice (by
+    /// default only those where a master failed or did not answer do).
+    #[napi(catch_unwind)]
+    pub fn set_votes_wanted(&self, wanted: bool) {
+        self.locker.set_votes_wanted(wanted);
+    }
+
+    /// `event-loop` (the libuv transport) or `runtime` (calls driven from the tokio runtime).
+    #[napi(getter, catch_unwind)]
+    pub fn transport(&self) -> &'static str {
+        if self.lane.is_some() {
+            "event-loop"
+        } else {
+            "runtime"
+        }
+    }
+
     /// Takes the lock. Resolves to the token, or `null`. `wait` is absent for a single attempt;
     /// `cancelId` 0 means not cancellable, else `cancel(cancelId)` stops the wait; `maxHoldMs`:
     /// auto-extension stops once the lock has been held that long.
@@ -170,11 +230,11 @@ impl NativeLocker {
         self.take(env, key, ttl_ms, lease, wait, cancel_id)
     }
 
-    /// Like `acquire`, and watches the lease so its loss is reported; resolves to a grant
-    /// (`deadline` on the clock of `options.clockOriginMs`).
+    /// Like `acquireDetailed`, and watches the lease so its loss is reported (`deadline` on the
+    /// clock of `options.clockOriginMs`).
     #[napi(
         catch_unwind,
-        ts_return_type = "Promise<{ token: string, fence: number | null, validForMs: number, deadline: number } | null>"
+        ts_return_type = "Promise<{ token: string, fence: number | null, validForMs: number, deadline: number, attempts: number } | { token: null, attempts: number }>"
     )]
     #[allow(clippy::too_many_arguments)]
     pub fn acquire_lease<'env>(

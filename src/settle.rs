@@ -58,9 +58,11 @@ impl Clock {
 pub(crate) enum Expect {
     /// `acquire`: the token or `null`.
     Token,
-    /// `acquireLease`: `{ token, fence, validForMs, deadline }` or `null` (`deadline` on the JS
-    /// monotonic clock, see `Clock`).
+    /// `acquireLease`: `{ token, fence, validForMs, deadline, attempts }`, or `{ token: null,
+    /// attempts }` when refused (`deadline` on the JS monotonic clock, see `Clock`).
     Grant,
+    /// `acquireDetailed`: the same as `Grant`, for a lease that is not watched.
+    Detail,
     Flag,
 }
 
@@ -320,8 +322,16 @@ impl Settler {
         let made = match (expect, outcome) {
             (_, Outcome::Failed(err)) => return Err(self.error(env, &err)),
             (Expect::Token, Outcome::Granted(grant)) => env.string(&grant.token),
-            (Expect::Token | Expect::Grant, Outcome::Refused) => env.null(),
-            (Expect::Grant, Outcome::Granted(grant)) => {
+            (Expect::Token, Outcome::Refused { .. }) => env.null(),
+            (Expect::Grant | Expect::Detail, Outcome::Refused { attempts }) => {
+                match (env.null(), env.number(f64::from(attempts))) {
+                    (Ok(token), Ok(attempts)) => {
+                        env.object(&[(c"token", token), (c"attempts", attempts)])
+                    }
+                    _ => Err(Error::from_reason("cannot make the refusal")),
+                }
+            }
+            (Expect::Grant | Expect::Detail, Outcome::Granted(grant)) => {
                 let left = grant.deadline.saturating_duration_since(Instant::now());
                 let fence = match grant.fence {
                     Some(fence) => env.number(fence as f64),
@@ -333,12 +343,14 @@ impl Settler {
                     fence,
                     env.number(left.as_secs_f64() * 1000.0),
                     deadline,
+                    env.number(f64::from(grant.attempts)),
                 ) {
-                    (Ok(token), Ok(fence), Ok(left), Ok(deadline)) => env.object(&[
+                    (Ok(token), Ok(fence), Ok(left), Ok(deadline), Ok(attempts)) => env.object(&[
                         (c"token", token),
                         (c"fence", fence),
                         (c"validForMs", left),
                         (c"deadline", deadline),
+                        (c"attempts", attempts),
                     ]),
                     _ => Err(Error::from_reason("cannot make the grant")),
                 }

@@ -47,17 +47,19 @@ export class GaveUpError extends Error {}
 /** What `--impls` accepts for scenarios 1-4, in report order. */
 export const SINGLE_IMPLS = ['ioredis', 'v1', 'v2', 'redlock', 'redis-semaphore'];
 /**
- * Also accepted (not run by default): v2 without fencing counters, and `v2-before`: another
+ * Also accepted (not run by default): v2 without fencing counters; `v2-traced`: v2 with a
+ * subscriber (doing nothing) on every tracing channel, as an APM would have; and `v2-before`: another
  * build of this package (a checkout of an earlier commit, built), from the directory in
  * `SDL_BENCH_BEFORE`, to compare a change with what it replaces in one run.
  */
-export const EXTRA_IMPLS = ['v2-nofence', 'v2-before'];
+export const EXTRA_IMPLS = ['v2-nofence', 'v2-before', 'v2-traced'];
 
 export const LABELS = /** @type {Record<string, string>} */ ({
   ioredis: 'ioredis (SET NX PX + EVALSHA)',
   v1: 'v1 (simple-distributed-lock 1.x on ioredis)',
   v2: 'v2 (this package, Rust engine)',
   'v2-nofence': 'v2, fencing: false',
+  'v2-traced': 'v2, every tracing channel subscribed',
   'v2-before': `v2 as built in ${process.env.SDL_BENCH_BEFORE ?? '$SDL_BENCH_BEFORE'}`,
   redlock: 'redlock 5.0.0-beta.2',
   'redis-semaphore': 'redis-semaphore 5 (Mutex)',
@@ -76,7 +78,7 @@ export function ioredisClient(port, lazy = false) {
 /**
  * The implementations that run on every transport (the others: plain TCP only).
  */
-export const ANY_TRANSPORT_IMPLS = ['ioredis', 'v2', 'v2-nofence', 'v2-before'];
+export const ANY_TRANSPORT_IMPLS = ['ioredis', 'v2', 'v2-nofence', 'v2-before', 'v2-traced'];
 
 /** The resource of scenario 3 (its Redis key is `lock:contended` for ioredis and v2). */
 export const CONTENDED = 'contended';
@@ -90,7 +92,7 @@ export const CONTENDED = 'contended';
 export async function createImpl(name, target) {
   if (target.transport !== 'tcp') {
     if (!ANY_TRANSPORT_IMPLS.includes(name)) throw new Error(`${name} runs over plain TCP only, not ${target.transport}`);
-    return name === 'ioredis' ? plainIoredis(target) : v2(target, /** @type {'v2' | 'v2-nofence' | 'v2-before'} */ (name));
+    return name === 'ioredis' ? plainIoredis(target) : v2(target, /** @type {'v2' | 'v2-nofence' | 'v2-before' | 'v2-traced'} */ (name));
   }
   const ports = target.ports;
   if (ports.length > 1 && !name.startsWith('v2') && name !== 'redlock') throw new Error(`${name} cannot run over ${ports.length} masters`);
@@ -102,6 +104,7 @@ export async function createImpl(name, target) {
     case 'v2':
     case 'v2-nofence':
     case 'v2-before':
+    case 'v2-traced':
       return v2(target, name);
     case 'redlock':
       return redlock(ports);
@@ -176,7 +179,7 @@ async function v1(port) {
   };
 }
 
-/** @param {Target} target @param {'v2' | 'v2-nofence' | 'v2-before'} name @returns {Promise<Impl>} */
+/** @param {Target} target @param {'v2' | 'v2-nofence' | 'v2-before' | 'v2-traced'} name @returns {Promise<Impl>} */
 async function v2(target, name) {
   const fencing = name !== 'v2-nofence';
   const before = process.env.SDL_BENCH_BEFORE;
@@ -185,6 +188,13 @@ async function v2(target, name) {
   const { Lock } = await import(name === 'v2-before' ? pathToFileURL(`${before}/index.js`).href : 'simple-distributed-lock');
   let lost = 0;
   const onLockLost = () => void lost++;
+  if (name === 'v2-traced') {
+    const { tracingChannel } = await import('node:diagnostics_channel');
+    const nothing = () => {};
+    for (const op of ['acquire', 'release', 'extend', 'isLocked', 'using']) {
+      tracingChannel(`simple-distributed-lock:${op}`).subscribe({ start: nothing, end: nothing, asyncStart: nothing, asyncEnd: nothing, error: nothing });
+    }
+  }
   // As a v1 caller would: an ioredis instance (lazy, so it never opens a socket; the engine only
   // reads its options): Redis (with tls, or sentinels), or Cluster. A Redlock group is given as URLs.
   const lock =

@@ -367,6 +367,7 @@ const COLOURS = /** @type {Record<string, string>} */ ({
   v1: '#f28e2b',
   v2: '#4e79a7',
   'v2-nofence': '#76b7b2',
+  'v2-traced': '#ff9da7',
   redlock: '#e15759',
   'redis-semaphore': '#59a14f',
   // transportChart's bars: one per transport

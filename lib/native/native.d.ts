@@ -7,9 +7,22 @@ export declare class NativeLocker {
    * Creates the locker; connects lazily on the first operation. `onLost` receives
    * `[key, token, reason, message, autoExtended]` once for each tracked lease that is lost;
    * `onExtended` receives `[token, sentAt, deadline][]` for the watched leases (`acquireLease`)
-   * that an auto-extension moved, on the clock of `options.clockOriginMs`.
+   * that an auto-extension moved, on the clock of `options.clockOriginMs`; `onNotice`
+   * receives what an operator may want to know (connections, redirects, votes, ...).
    */
-  constructor(topology: TopologySettings, options: LockerSettings, errorClasses: Record<string, new (message: string) => Error>, onLost: (lost: [key: string, token: string, reason: 'not-owner' | 'unreachable' | 'expired' | 'max-hold-time', message: string, autoExtended: boolean]) => void, onExtended: (extended: Array<[token: string, sentAt: number, deadline: number]>) => void)
+  constructor(topology: TopologySettings, options: LockerSettings, errorClasses: Record<string, new (message: string) => Error>, onLost: (lost: [key: string, token: string, reason: 'not-owner' | 'unreachable' | 'expired' | 'max-hold-time', message: string, autoExtended: boolean]) => void, onExtended: (extended: Array<[token: string, sentAt: number, deadline: number]>) => void, onNotice: (notice: EngineNotice) => void)
+  /**
+   * Like `acquire`, resolving to `{ token, fence, validForMs, deadline, attempts }` or
+   * `{ token: null, attempts }` (what the tracing channels report); the lease is not watched.
+   */
+  acquireDetailed(key: string, ttlMs: number, autoExtend: boolean, wait: WaitSettings | undefined | null, cancelId: number, maxHoldMs?: number | undefined | null): Promise<{ token: string, fence: number | null, validForMs: number, deadline: number, attempts: number } | { token: null, attempts: number }>
+  /**
+   * Redlock: whether every acquire reports each master's vote as a `quorum` notice (by
+   * default only those where a master failed or did not answer do).
+   */
+  setVotesWanted(wanted: boolean): void
+  /** `event-loop` (the libuv transport) or `runtime` (calls driven from the tokio runtime). */
+  get transport(): string
   /**
    * Takes the lock. Resolves to the token, or `null`. `wait` is absent for a single attempt;
    * `cancelId` 0 means not cancellable, else `cancel(cancelId)` stops the wait; `maxHoldMs`:
@@ -17,10 +30,10 @@ export declare class NativeLocker {
    */
   acquire(key: string, ttlMs: number, autoExtend: boolean, wait: WaitSettings | undefined | null, cancelId: number, maxHoldMs?: number | undefined | null): Promise<string | null>
   /**
-   * Like `acquire`, and watches the lease so its loss is reported; resolves to a grant
-   * (`deadline` on the clock of `options.clockOriginMs`).
+   * Like `acquireDetailed`, and watches the lease so its loss is reported (`deadline` on the
+   * clock of `options.clockOriginMs`).
    */
-  acquireLease(key: string, ttlMs: number, autoExtend: boolean, wait: WaitSettings | undefined | null, cancelId: number, maxHoldMs?: number | undefined | null): Promise<{ token: string, fence: number | null, validForMs: number, deadline: number } | null>
+  acquireLease(key: string, ttlMs: number, autoExtend: boolean, wait: WaitSettings | undefined | null, cancelId: number, maxHoldMs?: number | undefined | null): Promise<{ token: string, fence: number | null, validForMs: number, deadline: number, attempts: number } | { token: null, attempts: number }>
   /** Stops the waiting acquire registered under `cancelId`, if it still waits. */
   cancel(cancelId: number): void
   /**
@@ -56,6 +69,45 @@ export interface ConnectionSettings {
   tls?: TlsSettings
   connectTimeoutMs?: number
   commandTimeoutMs?: number
+}
+
+/**
+ * Something the engine tells: a connection opened or broke, a script was reloaded, a cluster
+ * redirect, a Redlock vote, a Sentinel switch, auto-extensions that failed.
+ */
+export interface EngineNotice {
+  /**
+   * `opened`, `reopened`, `broken`, `connect-failed`, `script-reloaded`, `redirected`,
+   * `cluster-retry`, `quorum`, `master-switched` or `extend-failed`.
+   */
+  kind: string
+  /** One line for a log. */
+  message: string
+  /** The server concerned (`host:port` or socket path), when one is. */
+  server?: string
+  /** It concerns the auto-extension connection (apart from the calls' own). */
+  background: boolean
+  /** The lock keys concerned (`quorum`: one; `extend-failed`: each that failed). */
+  keys?: Array<string>
+  /** The error, for `broken`, `connect-failed`, `cluster-retry` and `extend-failed`. */
+  error?: string
+  /** When it is tried again, for `connect-failed` and `extend-failed`. */
+  retryInMs?: number
+  /** `redirected`: the node it went to, the slot, and whether it was `ASK`. */
+  to?: string
+  slot?: number
+  ask?: boolean
+  /** `quorum`: the decision and each master's vote. */
+  granted?: boolean
+  votes?: Array<EngineVote>
+}
+
+/** A Redlock master's answer to one acquire. */
+export interface EngineVote {
+  server: string
+  /** `granted`, `refused`, `failed` or `no-answer`. */
+  vote: string
+  error?: string
 }
 
 /** Lock-wide engine settings. */

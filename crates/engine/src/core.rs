@@ -20,6 +20,7 @@ use crate::config::{ServerAddress, ServerConfig};
 use crate::error::{EngineError, EngineResult, ErrorKind};
 use crate::keys;
 use crate::leases::deadline_at;
+use crate::notice::{Notice, Vote, VoteAnswer};
 use crate::policy::tally::Tally;
 use crate::policy::wait::{RetryPolicy, Start, Turn, WaitPlan, WaitQueue};
 use crate::proto::conn::{Answer, Answered, Conn, ConnSettings, Tag, UNOWNED};
@@ -146,14 +147,19 @@ pub struct Grant {
     pub auto_extend: bool,
     pub watch: bool,
     pub max_hold: Option<Duration>,
+    /// Attempts sent to take it (1 for a single attempt; a waiter's count).
+    pub attempts: u32,
 }
 
 /// How a call ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Granted(Grant),
-    /// Held by someone else (after every attempt the policy allowed).
-    Refused,
+    /// Held by someone else (after every attempt the policy allowed; `attempts` were sent, none
+    /// when a waiter gave up before its turn came).
+    Refused {
+        attempts: u32,
+    },
     Flag(bool),
     /// `ExtendMany`: one result per lease.
     Flags(Vec<EngineResult<bool>>),
@@ -173,6 +179,8 @@ pub enum Event {
     /// Start (`Watch`) or stop listening for releases of a key, for one waiter each.
     Watch(String),
     Unwatch(String),
+    /// Something for the operator (see `notice`).
+    Notice(Notice),
 }
 
 /// Most tries of one cluster request across redirections and failover.
@@ -250,6 +258,8 @@ struct QuorumState {
     /// Per master: answered, and whether it granted.
     answered: Vec<bool>,
     granted: Vec<bool>,
+    /// Acquire: each master's answer, for `Notice::Quorum`.
+    votes: Vec<VoteAnswer>,
     /// Most subscribers told by any master (an open release).
     told: i64,
 }
@@ -309,6 +319,8 @@ pub struct Core {
     drift_factor: f64,
     command_timeout: Duration,
     closed: bool,
+    /// Report every Redlock acquire's votes (`Notice::Quorum`), not only those with a failure.
+    votes_wanted: bool,
 }
 
 impl Core {
@@ -405,6 +417,7 @@ impl Core {
             drift_factor,
             command_timeout,
             closed: false,
+            votes_wanted: false,
         })
     }
 
@@ -530,6 +543,12 @@ impl Core {
 
     pub fn is_cluster(&self) -> bool {
         matches!(self.layout, Layout::Cluster(_))
+    }
+
+    /// Whether every Redlock acquire reports its votes (`Notice::Quorum`); by default only
+    /// those where a master failed or did not answer do.
+    pub fn set_votes_wanted(&mut self, wanted: bool) {
+        self.votes_wanted = wanted;
     }
 
     pub fn is_redlock(&self) -> bool {
@@ -685,7 +704,8 @@ impl Core {
             Start::WaitUntil(_) => self.events.push(Event::Watch(key)),
             Start::GiveUp => {
                 self.waits.remove(id);
-                self.events.push(Event::Done(id, Outcome::Refused));
+                self.events
+                    .push(Event::Done(id, Outcome::Refused { attempts: 0 }));
             }
         }
     }
@@ -766,7 +786,7 @@ impl Core {
             return;
         }
         match outcome {
-            Outcome::Refused => {
+            Outcome::Refused { .. } => {
                 let was_watching = self.waits.get(id).is_some_and(|w| w.watching);
                 match self.waits.held(id, now) {
                     Some(_) => {
@@ -775,7 +795,7 @@ impl Core {
                         }
                     }
                     None => {
-                        self.finish_waiter(id, Outcome::Refused);
+                        self.finish_waiter(id, Outcome::Refused { attempts: 0 });
                     }
                 }
             }
@@ -785,10 +805,15 @@ impl Core {
         }
     }
 
-    fn finish_waiter(&mut self, id: CallId, outcome: Outcome) -> bool {
+    fn finish_waiter(&mut self, id: CallId, mut outcome: Outcome) -> bool {
         let Some(waiter) = self.waits.remove(id) else {
             return false;
         };
+        match &mut outcome {
+            Outcome::Granted(grant) => grant.attempts = waiter.attempts,
+            Outcome::Refused { attempts } => *attempts = waiter.attempts,
+            _ => {}
+        }
         if waiter.watching {
             self.events.push(Event::Unwatch(waiter.key));
         }
@@ -889,6 +914,7 @@ impl Core {
                         items: (0..items).map(|_| Tally::new(masters)).collect(),
                         answered: vec![false; masters],
                         granted: vec![false; masters],
+                        votes: vec![VoteAnswer::Pending; masters],
                         told: 0,
                     }));
                 }
@@ -914,6 +940,10 @@ impl Core {
         loop {
             let mut any = false;
             for index in 0..self.conns.len() {
+                if self.conns[index].has_notices() {
+                    let notices = self.conns[index].take_notices();
+                    self.events.extend(notices.into_iter().map(Event::Notice));
+                }
                 if !self.conns[index].has_answers() {
                     continue;
                 }
@@ -937,7 +967,7 @@ impl Core {
         if answer.tag == UNOWNED {
             return self.give_back_redirected(answer, now);
         }
-        if self.is_cluster() && self.cluster_retry(op_id, &answer, now) {
+        if self.is_cluster() && self.cluster_retry(conn, op_id, &answer, now) {
             return;
         }
         let Some(op) = self.ops.get_mut(&op_id) else {
@@ -984,7 +1014,7 @@ impl Core {
             (OpKind::Acquire { spec, token }, Reply::Acquired(Some(fence))) => {
                 Outcome::Granted(self.grant(spec, token, fence, sent_at))
             }
-            (OpKind::Acquire { .. }, Reply::Acquired(None)) => Outcome::Refused,
+            (OpKind::Acquire { .. }, Reply::Acquired(None)) => Outcome::Refused { attempts: 1 },
             (OpKind::Release { key, open }, Reply::Released(told)) => {
                 if let Some(told) = told
                     && open
@@ -1031,6 +1061,7 @@ impl Core {
             auto_extend: spec.auto_extend,
             watch: spec.watch,
             max_hold: spec.max_hold,
+            attempts: 1,
         }
     }
 
@@ -1118,7 +1149,7 @@ impl Core {
             return;
         };
         let Some((fence, sent_at)) = granted else {
-            return self.deliver(op.owner, Outcome::Refused, now);
+            return self.deliver(op.owner, Outcome::Refused { attempts: 1 }, now);
         };
         let acknowledged = match answer.outcome {
             Answered::Reply(Reply::Count(n)) => Ok(n),
@@ -1173,6 +1204,12 @@ impl Core {
             return;
         };
         quorum.answered[member] = true;
+        quorum.votes[member] = match &answer.outcome {
+            Answered::Reply(Reply::Acquired(Some(_))) => VoteAnswer::Granted,
+            Answered::Reply(Reply::Acquired(None)) => VoteAnswer::Refused,
+            Answered::Failed { error, .. } => VoteAnswer::Failed(error.message().to_owned()),
+            _ => VoteAnswer::Failed("a reply of the wrong kind".to_owned()),
+        };
         let tally = &mut quorum.tally;
         match answer.outcome {
             Answered::Reply(Reply::Acquired(Some(fence))) => {
@@ -1233,6 +1270,7 @@ impl Core {
             items,
             answered,
             granted,
+            votes,
             told,
         } = *quorum;
         let started = op.started;
@@ -1240,7 +1278,30 @@ impl Core {
             OpKind::Acquire { spec, token } => {
                 let valid_until = deadline_at(started + spec.ttl, spec.ttl, self.drift_factor);
                 let timed_out = timed_out || now >= valid_until;
-                match tally.outcome("acquire", timed_out) {
+                let outcome = tally.outcome("acquire", timed_out);
+                // A master that failed, or one still silent when the validity ran out: worth
+                // telling even unasked. (Silence past a majority is normal: it was decided.)
+                let trouble = votes.iter().any(|v| match v {
+                    VoteAnswer::Failed(_) => true,
+                    VoteAnswer::Pending => timed_out,
+                    _ => false,
+                });
+                if self.votes_wanted || trouble {
+                    let votes = votes
+                        .into_iter()
+                        .enumerate()
+                        .map(|(member, answer)| Vote {
+                            target: self.conns[member].target().to_owned(),
+                            answer,
+                        })
+                        .collect();
+                    self.events.push(Event::Notice(Notice::Quorum {
+                        key: spec.key.clone(),
+                        granted: matches!(outcome, Ok(Some(_))),
+                        votes,
+                    }));
+                }
+                match outcome {
                     Ok(Some(fences)) => {
                         let fence = fences.into_iter().flatten().max();
                         Outcome::Granted(self.grant(spec, token, fence, started))
@@ -1253,7 +1314,7 @@ impl Core {
                             }
                         }
                         match refused {
-                            Ok(_) => Outcome::Refused,
+                            Ok(_) => Outcome::Refused { attempts: 1 },
                             Err(err) => Outcome::Failed(err),
                         }
                     }
@@ -1466,7 +1527,7 @@ impl Core {
     }
 
     /// Handles a cluster answer that calls for another try; `true` if it did.
-    fn cluster_retry(&mut self, op_id: u64, answer: &Answer, now: Instant) -> bool {
+    fn cluster_retry(&mut self, conn: usize, op_id: u64, answer: &Answer, now: Instant) -> bool {
         let retry_code = match &answer.outcome {
             Answered::Redirected { .. } => None,
             Answered::Failed {
@@ -1495,6 +1556,7 @@ impl Core {
         }
         op.tries += 1;
         let request = answer.request.clone();
+        let from = self.conns[conn].target().to_owned();
         match (&answer.outcome, retry_code) {
             (
                 Answered::Redirected {
@@ -1508,6 +1570,12 @@ impl Core {
                 let Some(conn) = self.cluster_conn(host, *port, now) else {
                     return false;
                 };
+                self.events.push(Event::Notice(Notice::Redirected {
+                    from,
+                    ask: *ask,
+                    slot: *slot,
+                    to: self.conns[conn].target().to_owned(),
+                }));
                 if *ask {
                     self.conns[conn].submit_asking(answer.tag, request, now);
                 } else {
@@ -1521,6 +1589,12 @@ impl Core {
                 }
             }
             (_, Some(code)) => {
+                let why = match (&answer.outcome, code.is_empty()) {
+                    (Answered::Failed { error, .. }, true) => error.message().to_owned(),
+                    _ => code.clone(),
+                };
+                self.events
+                    .push(Event::Notice(Notice::ClusterRetry { target: from, why }));
                 if code.is_empty() {
                     self.refresh_slots(now);
                 }

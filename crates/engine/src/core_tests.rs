@@ -540,7 +540,7 @@ fn redlock_decides_at_a_majority_and_gives_back_a_refused_acquire_everywhere_it_
     h.reply(1, b":0\r\n"); // no
     assert!(h.done().is_empty(), "1 yes, 1 no: undecided");
     h.reply(2, b":0\r\n"); // no
-    assert_eq!(h.done(), vec![(1, Outcome::Refused)]);
+    assert_eq!(h.done(), vec![(1, Outcome::Refused { attempts: 1 })]);
     // Given back on the master that granted it; not on those that refused.
     assert_eq!(h.commands(0).len(), 1);
     assert!(h.commands(1).is_empty() && h.commands(2).is_empty());
@@ -935,4 +935,176 @@ proptest! {
         let granted = matches!(done[0].1, Outcome::Granted(_));
         prop_assert_eq!(granted, yes >= 3);
     }
+}
+
+impl Harness {
+    /// The notices among the events since last asked (the outcomes are dropped).
+    fn notices(&mut self) -> Vec<Notice> {
+        self.core
+            .take_events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Notice(notice) => Some(notice),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn notices_tell_a_socket_opened_broken_reopened_and_a_script_reloaded() {
+    let mut h = Harness::single();
+    h.open_all();
+    let target = "127.0.0.1:6379".to_owned();
+    assert_eq!(
+        h.notices(),
+        vec![Notice::Opened {
+            target: target.clone(),
+            again: false
+        }]
+    );
+    h.core.call(1, Call::Exists { key: "k".into() }, h.now);
+    let _ = h.commands(0);
+    h.reply(0, b":1\r\n");
+    let epoch = h.epoch(0);
+    h.core
+        .socket_closed(0, epoch, "connection reset by peer", h.now);
+    let broken = h.notices();
+    assert!(
+        matches!(&broken[..], [Notice::Broken { target: t, why }] if *t == target && why.contains("connection reset by peer")),
+        "{broken:?}"
+    );
+    h.core.call(
+        2,
+        Call::Extend {
+            key: "k".into(),
+            token: "t".into(),
+            ttl: Duration::from_secs(1),
+        },
+        h.now,
+    );
+    h.epochs[0] = None;
+    h.open_all();
+    assert_eq!(
+        h.notices(),
+        vec![Notice::Opened {
+            target: target.clone(),
+            again: true
+        }]
+    );
+    let _ = h.commands(0);
+    h.reply(0, &sha_reply());
+    h.reply(0, b":1\r\n");
+    assert!(h.notices().is_empty(), "a script loaded as planned is no news");
+    h.core.call(
+        3,
+        Call::Extend {
+            key: "k".into(),
+            token: "t".into(),
+            ttl: Duration::from_secs(1),
+        },
+        h.now,
+    );
+    let _ = h.commands(0);
+    h.reply(0, b"-NOSCRIPT No matching script.\r\n");
+    assert_eq!(h.notices(), vec![Notice::ScriptReloaded { target }]);
+}
+
+#[test]
+fn notices_tell_a_failed_connect_with_its_backoff_and_never_the_password() {
+    let mut settings = config(6379);
+    settings.password = Some("hunter2-very-secret".into());
+    let mut h = Harness::new(Topology::Single(settings));
+    h.core.call(1, Call::Exists { key: "k".into() }, h.now);
+    let epoch = h.core.opening(0, h.now);
+    h.core.open_failed(
+        0,
+        epoch,
+        crate::error::cannot_connect("127.0.0.1:6379", "connection refused"),
+        h.now,
+    );
+    let notices = h.notices();
+    assert!(
+        matches!(&notices[..], [Notice::OpenFailed { why, retry_in, .. }] if why.contains("connection refused") && !retry_in.is_zero()),
+        "{notices:?}"
+    );
+    // A peer that echoes what it gets: AUTH, password and all, comes back.
+    h.advance(10_000);
+    h.epochs = Vec::new();
+    h.open_all();
+    let out = h.core.output(0).to_vec();
+    h.core.written(0, out.len());
+    h.reply(0, &out);
+    h.advance(1000);
+    let told = format!("{:?}", h.notices());
+    assert!(told.contains("OpenFailed"), "{told}");
+    assert!(!told.contains("hunter2"), "{told}");
+}
+
+#[test]
+fn notices_tell_a_cluster_redirect() {
+    let mut h = cluster();
+    h.core.call(1, Call::Exists { key: "k".into() }, h.now);
+    h.open_all();
+    let _ = h.commands(0);
+    h.reply(
+        0,
+        b"*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$9\r\n127.0.0.1\r\n:7000\r\n",
+    );
+    let _ = h.commands(0);
+    let slot = crate::keys::slot("k");
+    let _ = h.notices();
+    h.reply(0, format!("-MOVED {slot} 127.0.0.1:7001\r\n").as_bytes());
+    assert_eq!(
+        h.notices(),
+        vec![Notice::Redirected {
+            from: "127.0.0.1:7000".into(),
+            ask: false,
+            slot,
+            to: "127.0.0.1:7001".into()
+        }]
+    );
+}
+
+#[test]
+fn redlock_votes_are_told_when_asked_for_and_when_a_master_failed() {
+    let acquire = |h: &mut Harness, id: CallId, replies: [&[u8]; 3]| {
+        h.core.call(
+            id,
+            Call::Acquire {
+                spec: spec("k"),
+                retry: None,
+            },
+            h.now,
+        );
+        for (conn, reply) in replies.iter().enumerate() {
+            let _ = h.commands(conn);
+            h.answer(conn, &[reply]);
+        }
+    };
+    let mut h = Harness::redlock(3);
+    h.open_all();
+    let _ = h.notices();
+    acquire(&mut h, 1, [b":1\r\n", b":1\r\n", b":1\r\n"]);
+    assert!(h.notices().is_empty(), "a plain majority is no news unasked");
+    acquire(&mut h, 2, [b"-ERR boom\r\n", b":2\r\n", b":2\r\n"]);
+    let notices = h.notices();
+    let [Notice::Quorum { key, granted, votes }] = &notices[..] else {
+        panic!("{notices:?}");
+    };
+    assert_eq!((key.as_str(), *granted), ("k", true));
+    assert!(matches!(&votes[0].answer, VoteAnswer::Failed(why) if why.contains("boom")));
+    assert_eq!(votes[0].target, "127.0.0.1:7000");
+    h.core.set_votes_wanted(true);
+    acquire(&mut h, 3, [b":0\r\n", b":0\r\n", b":0\r\n"]);
+    let notices = h.notices();
+    let [Notice::Quorum { granted, votes, .. }] = &notices[..] else {
+        panic!("{notices:?}");
+    };
+    assert!(!granted);
+    assert!(
+        votes
+            .iter()
+            .all(|v| matches!(v.answer, VoteAnswer::Refused | VoteAnswer::Pending))
+    );
 }

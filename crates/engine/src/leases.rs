@@ -25,6 +25,7 @@ use crate::core::Grant;
 use crate::error::{EngineError, EngineResult, ErrorKind};
 use crate::keys;
 use crate::locker::Awaited;
+use crate::notice::{Notice, NoticeCallback};
 
 /// Why a lease ended without a release.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,6 +133,7 @@ struct Shared {
     cancel: CancellationToken,
     on_lost: Option<LostCallback>,
     on_extended: Option<ExtendedCallback>,
+    on_notice: Option<NoticeCallback>,
     drift_factor: f64,
 }
 
@@ -153,6 +155,7 @@ impl Leases {
         cancel: CancellationToken,
         on_lost: Option<LostCallback>,
         on_extended: Option<ExtendedCallback>,
+        on_notice: Option<NoticeCallback>,
         drift_factor: f64,
     ) -> Self {
         Self {
@@ -165,6 +168,7 @@ impl Leases {
                 cancel,
                 on_lost,
                 on_extended,
+                on_notice,
             }),
         }
     }
@@ -385,6 +389,7 @@ async fn extend_batch(shared: Arc<Shared>, batch: Batch) {
 
     let mut lost = Vec::new();
     let mut moved = Vec::new();
+    let mut failed: Option<(Vec<String>, String, Duration)> = None;
     {
         let mut state = shared.lock();
         let now = Instant::now();
@@ -416,8 +421,12 @@ async fn extend_batch(shared: Arc<Shared>, batch: Batch) {
                 }
                 Err(err) => {
                     let deadline = lease.deadline();
-                    lease.last_error = Some(err);
                     let interval = lease.interval.unwrap_or(lease.ttl / 2);
+                    let entry = failed.get_or_insert_with(|| {
+                        (Vec::new(), err.message().to_owned(), retry_after(interval))
+                    });
+                    entry.0.push(lease.key.clone());
+                    lease.last_error = Some(err);
                     // At the deadline the scheduler declares the lease lost if still failing.
                     state.reschedule(token, (now + retry_after(interval)).min(deadline));
                 }
@@ -426,6 +435,18 @@ async fn extend_batch(shared: Arc<Shared>, batch: Batch) {
     }
     // The scheduler may be asleep until a later entry; let it see the new ones.
     shared.wake.notify_one();
+    if let Some((keys, why, retry_in)) = failed
+        && let Some(on_notice) = &shared.on_notice
+    {
+        on_notice(
+            Notice::ExtendFailed {
+                keys,
+                why,
+                retry_in,
+            },
+            true,
+        );
+    }
     if !moved.is_empty()
         && let Some(on_extended) = &shared.on_extended
     {

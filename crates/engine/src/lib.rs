@@ -12,6 +12,7 @@ mod keys;
 mod leases;
 mod locker;
 pub mod net;
+pub mod notice;
 mod policy;
 mod proto;
 mod scripts;
@@ -31,6 +32,7 @@ pub use leases::{
     DEFAULT_DRIFT_FACTOR, ExtendedCallback, LostCallback, LostLease, LostReason, safety_margin,
 };
 pub use locker::{AcquireOptions, Acquired, DoneSink, Locker, LockerOptions, Transport, Waker};
+pub use notice::{Notice, NoticeCallback, Vote, VoteAnswer};
 pub use policy::tally::Tally;
 pub use policy::wait::{RetryPolicy, WaitPlan};
 pub use sentinel::SentinelConfig;

@@ -24,6 +24,7 @@ use crate::core::{
 use crate::error::{EngineError, EngineResult, ErrorKind};
 use crate::leases::{DEFAULT_DRIFT_FACTOR, Leases, LostCallback};
 use crate::net::driver::{Driver, lock};
+use crate::notice::{Notice, NoticeCallback};
 use crate::policy::wait::RetryPolicy;
 use crate::subscriber::{Heard, Subscriber};
 
@@ -87,6 +88,8 @@ pub struct LockerOptions {
     pub on_lost: Option<LostCallback>,
     /// Told each auto-extension of a watched lease (its new deadline).
     pub on_extended: Option<crate::leases::ExtendedCallback>,
+    /// Told what an operator may want to know (see `notice`).
+    pub on_notice: Option<NoticeCallback>,
     /// Share of the ttl set aside for clock drift: a lease's deadline is its send time + ttl -
     /// (ttl * drift_factor + 2 ms). Redlock's validity time uses the same margin.
     pub drift_factor: f64,
@@ -102,6 +105,7 @@ impl Default for LockerOptions {
             key_prefix: "lock:".to_owned(),
             on_lost: None,
             on_extended: None,
+            on_notice: None,
             drift_factor: DEFAULT_DRIFT_FACTOR,
             runtime: None,
             transport: Transport::Runtime,
@@ -130,7 +134,15 @@ impl Awaited {
         }
     }
 
-    fn start(&self, runtime: &Handle, stop: CancellationToken, also: Option<Weak<Inner>>) {
+    /// `also`: the Locker whose own calls this core makes (it acts on every event); else
+    /// notices go to `notices`, marked as the background's.
+    fn start(
+        &self,
+        runtime: &Handle,
+        stop: CancellationToken,
+        also: Option<Weak<Inner>>,
+        notices: Option<NoticeCallback>,
+    ) {
         let responders = Arc::downgrade(&self.responders);
         let driver = Driver::start(
             runtime,
@@ -139,7 +151,7 @@ impl Awaited {
             Box::new(move |events| {
                 let done = match also.as_ref().and_then(Weak::upgrade) {
                     Some(inner) => inner.apply(events),
-                    None => done_of(events),
+                    None => done_of(events, notices.as_ref()),
                 };
                 route(&responders, done, None);
             }),
@@ -169,7 +181,11 @@ impl Awaited {
             core.is_closed().then(|| core.take_events())
         };
         match stopped {
-            Some(events) => route(&Arc::downgrade(&self.responders), done_of(events), None),
+            Some(events) => route(
+                &Arc::downgrade(&self.responders),
+                done_of(events, None),
+                None,
+            ),
             None => self.wake(),
         }
         async move {
@@ -211,15 +227,26 @@ impl Awaited {
             core.close(Instant::now());
             core.take_events()
         };
-        route(&Arc::downgrade(&self.responders), done_of(events), None);
+        route(
+            &Arc::downgrade(&self.responders),
+            done_of(events, None),
+            None,
+        );
     }
 }
 
-fn done_of(events: Vec<Event>) -> Vec<(CallId, Outcome)> {
+/// The outcomes among `events`; their notices go to `notices` (as the background's).
+fn done_of(events: Vec<Event>, notices: Option<&NoticeCallback>) -> Vec<(CallId, Outcome)> {
     events
         .into_iter()
         .filter_map(|e| match e {
             Event::Done(id, outcome) => Some((id, outcome)),
+            Event::Notice(notice) => {
+                if let Some(notices) = notices {
+                    notices(notice, true);
+                }
+                None
+            }
             _ => None,
         })
         .collect()
@@ -268,6 +295,7 @@ struct Inner {
     closed: CancellationToken,
     fencing: bool,
     target: String,
+    on_notice: Option<NoticeCallback>,
 }
 
 /// The lock operations of one Lock.
@@ -355,6 +383,7 @@ impl Locker {
                     closed.clone(),
                     options.on_lost,
                     options.on_extended,
+                    options.on_notice.clone(),
                     options.drift_factor,
                 ),
                 main: Awaited::new(core),
@@ -367,14 +396,23 @@ impl Locker {
                 closed,
                 fencing: options.fencing,
                 target,
+                on_notice: options.on_notice.clone(),
             }
         });
         if !matches!(inner.transport, Transport::EventLoop(_)) {
-            inner
-                .main
-                .start(&runtime, inner.closed.clone(), Some(Arc::downgrade(&inner)));
+            inner.main.start(
+                &runtime,
+                inner.closed.clone(),
+                Some(Arc::downgrade(&inner)),
+                None,
+            );
         }
-        inner.background.start(&runtime, inner.closed.clone(), None);
+        inner.background.start(
+            &runtime,
+            inner.closed.clone(),
+            None,
+            inner.on_notice.clone(),
+        );
         Ok(Self { inner })
     }
 
@@ -481,7 +519,7 @@ impl Locker {
                     fence: grant.fence,
                     deadline: grant.deadline,
                 })),
-                Outcome::Refused => Ok(None),
+                Outcome::Refused { .. } => Ok(None),
                 Outcome::Failed(err) => Err(err),
                 _ => Err(EngineError::new(
                     ErrorKind::Redis,
@@ -577,6 +615,12 @@ impl Locker {
         lock(&self.inner.main.core).is_redlock()
     }
 
+    /// Whether every Redlock acquire reports how each master voted (`Notice::Quorum`); by
+    /// default only those where a master failed or did not answer do.
+    pub fn set_votes_wanted(&self, wanted: bool) {
+        lock(&self.inner.main.core).set_votes_wanted(wanted);
+    }
+
     /// Stops auto-extension, tracking and waiting, and drops the connections; pending calls
     /// fail with a closed error. Locks still held expire at their TTL. Idempotent.
     pub fn close(&self) {
@@ -609,6 +653,11 @@ impl Inner {
                 } => self.leases.extended(&token, sent_at, ttl),
                 Event::Watch(key) => self.subscriber.watch(&key),
                 Event::Unwatch(key) => self.subscriber.unwatch(&key),
+                Event::Notice(notice) => {
+                    if let Some(on_notice) = &self.on_notice {
+                        on_notice(notice, false);
+                    }
+                }
             }
         }
         match &self.transport {
@@ -643,6 +692,14 @@ impl Inner {
                         return false;
                     };
                     if switched {
+                        if let Some(on_notice) = &inner.on_notice {
+                            on_notice(
+                                Notice::MasterSwitched {
+                                    target: inner.target.clone(),
+                                },
+                                false,
+                            );
+                        }
                         let now = Instant::now();
                         let why = "the sentinels announced a new master";
                         inner.touch(|core| core.reconnect_all(why, now));

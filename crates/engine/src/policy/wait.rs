@@ -106,6 +106,8 @@ pub(crate) struct Waiter<S> {
     plan: WaitPlan,
     /// An attempt is under way.
     pub attempting: bool,
+    /// Attempts sent so far.
+    pub attempts: u32,
     /// Holding back after this Lock's open release (see `after_open_release`).
     yielding: bool,
     /// Listening for releases of its key (after its first attempt found it held).
@@ -188,6 +190,7 @@ impl<Id: Copy + Eq + std::hash::Hash + Ord, S> WaitQueue<Id, S> {
                 spec,
                 plan,
                 attempting: false,
+                attempts: 0,
                 yielding: false,
                 watching: false,
                 wake_at: None,
@@ -206,6 +209,7 @@ impl<Id: Copy + Eq + std::hash::Hash + Ord, S> WaitQueue<Id, S> {
     pub(crate) fn attempting(&mut self, id: Id) {
         if let Some(w) = self.waiters.get_mut(&id) {
             w.attempting = true;
+            w.attempts = w.attempts.saturating_add(1);
             w.yielding = false;
             w.wake_at = None;
         }

@@ -36,6 +36,7 @@ use redis::Value;
 
 use crate::config::ServerConfig;
 use crate::error::{self, EngineError, ErrorKind};
+use crate::notice::Notice;
 use crate::proto::request::{Reply, Request};
 use crate::proto::resp::Decoder;
 
@@ -177,6 +178,9 @@ pub(crate) struct Conn {
     backoff: Duration,
     last_error: Option<EngineError>,
     answers: Vec<Answer>,
+    /// Sockets that came up so far.
+    ups: u32,
+    notices: Vec<Notice>,
 }
 
 impl Conn {
@@ -198,7 +202,18 @@ impl Conn {
             backoff: FIRST_BACKOFF,
             last_error: None,
             answers: Vec::new(),
+            ups: 0,
+            notices: Vec::new(),
         }
+    }
+
+    /// What happened to this connection since the last call (see `notice`).
+    pub(crate) fn take_notices(&mut self) -> Vec<Notice> {
+        std::mem::take(&mut self.notices)
+    }
+
+    pub(crate) fn has_notices(&self) -> bool {
+        !self.notices.is_empty()
     }
 
     pub(crate) fn target(&self) -> &str {
@@ -512,6 +527,11 @@ impl Conn {
     }
 
     fn up(&mut self, now: Instant) {
+        self.notices.push(Notice::Opened {
+            target: self.settings.target.clone(),
+            again: self.ups > 0,
+        });
+        self.ups = self.ups.saturating_add(1);
         self.phase = Phase::Up;
         self.last_error = None;
         self.retry_at = None;
@@ -588,6 +608,11 @@ impl Conn {
                 && let Some(script) = sent.request.script()
             {
                 // The server lost its script cache under this socket: send the script itself.
+                if self.scripts & script.bit() != 0 {
+                    self.notices.push(Notice::ScriptReloaded {
+                        target: self.settings.target.clone(),
+                    });
+                }
                 self.scripts &= !script.bit();
                 if let Request::Release { publish, .. } = &mut sent.request {
                     // A hand-over release re-sent runs after the waiter's attempt that was to
@@ -740,6 +765,11 @@ impl Conn {
         ) {
             self.fail_queued(&err);
         }
+        self.notices.push(Notice::OpenFailed {
+            target: self.settings.target.clone(),
+            why: err.message().to_owned(),
+            retry_in: self.backoff,
+        });
         self.retry_at = Some(now + self.backoff);
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
         self.last_error = Some(err);
@@ -751,6 +781,10 @@ impl Conn {
         let lived = self.confirmed;
         self.drop_socket(&err, now);
         if lived {
+            self.notices.push(Notice::Broken {
+                target: self.settings.target.clone(),
+                why: err.message().to_owned(),
+            });
             // It worked until now: open again at once if anything waits.
             self.retry_at = None;
             self.last_error = Some(err);
