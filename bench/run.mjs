@@ -9,7 +9,7 @@
 //   --pin               bench client and its workers on CPU 0, each redis-server on CPU 1 (taskset)
 //   --quick             small counts: a smoke run in about a minute (default out: bench/results/quick/)
 //   --out <dir>         where results.json, results.md and chart.svg go (default bench/results/)
-//   --impls <names>     ioredis,v1,v2,redlock,redis-semaphore (default), also v2-nofence
+//   --impls <names>     ioredis,v1,v2,redlock,redis-semaphore (default), also v2-nofence, v2-traced, v2-before
 //   --transports <names> tcp,tls,cluster,sentinel (default: all) for serial, throughput and
 //                       contention (ioredis and v2 only off tcp); many and redlock: tcp only
 //

@@ -8,7 +8,7 @@ const { NativeLocker } = require('./native');
 const { BY_CODE, fromNative, LockAcquireError, LockLostError } = require('./errors');
 const { resolveConnection } = require('./connection');
 const { Lease } = require('./lease');
-const { channels, trace, traced, debug, debugEnabled, Metrics } = require('./observe');
+const { channels, trace, traced, debug, debugEnabled } = require('./observe');
 const validate = require('./validate');
 
 const DEFAULT_TTL_MS = 10000;
@@ -61,7 +61,10 @@ class Lock {
   #prefix;
   /** The engine's target (`host:port`, never credentials), for contexts and log lines. */
   #server;
-  #metrics = new Metrics();
+  /** Tracked leases lost, by kind (the rest of `metrics()` is counted where calls settle). */
+  #lost = { 'not-owner': 0, unreachable: 0, expired: 0, 'max-hold-time': 0, closed: 0 };
+  /** Auto-extensions that failed (each lease in an engine `extend-failed` notice). */
+  #autoExtendFailed = 0;
   /** Redlock: whether the engine reports every acquire's votes (someone listens on `:quorum`). */
   #votesWanted = false;
   #redlock = false;
@@ -113,30 +116,18 @@ class Lock {
    * @returns {Promise<string | null>}
    */
   acquire(resource, opts) {
-    const start = performance.now();
     try {
       const name = validate.resourceName(resource);
       const key = this.#keyPrefix + name;
       const o = this.#acquireSettings(opts);
       if (this.#redlock) this.#askForVotes();
       if (traced(channels.acquire)) {
-        return this.#take(name, key, o, start, false).then((grant) => grant.token);
+        return this.#take(name, key, o, performance.now(), false).then((grant) => grant.token);
       }
-      const m = this.#metrics;
-      const waits = o.wait !== null;
-      if (waits) m.waiting++;
-      const promise = o.signal
-        ? this.#withSignal(key, o.signal, (cancelId) => this.#native.acquire(key, o.ttl, o.autoExtend, o.wait, cancelId, o.maxHold))
-        : this.#native.acquire(key, o.ttl, o.autoExtend, o.wait, 0, o.maxHold);
-      // Counted on a branch of the engine's promise: the caller's continuation costs no extra tick.
-      promise.then(
-        (token) => this.#acquired(token, start, waits, o),
-        () => {
-          if (waits) m.waiting--;
-          m.errors++;
-        },
-      );
-      return promise;
+      if (o.signal) {
+        return this.#withSignal(key, o.signal, (cancelId) => this.#native.acquire(key, o.ttl, o.autoExtend, o.wait, cancelId, o.maxHold));
+      }
+      return this.#native.acquire(key, o.ttl, o.autoExtend, o.wait, 0, o.maxHold);
     } catch (err) {
       return Promise.reject(fromNative(err));
     }
@@ -177,26 +168,12 @@ class Lock {
    * @returns {Promise<Detailed>}
    */
   #take(name, key, o, start, watch) {
-    const m = this.#metrics;
-    const waits = o.wait !== null;
-    const run = () => {
-      if (waits) m.waiting++;
-      return this.#withSignal(key, o.signal, (cancelId) =>
+    const run = () =>
+      this.#withSignal(key, o.signal, (cancelId) =>
         watch
           ? this.#native.acquireLease(key, o.ttl, o.autoExtend, o.wait, cancelId, o.maxHold)
           : this.#native.acquireDetailed(key, o.ttl, o.autoExtend, o.wait, cancelId, o.maxHold),
-      ).then(
-        (grant) => {
-          this.#acquired(grant.token, start, waits, o);
-          return grant;
-        },
-        (err) => {
-          if (waits) m.waiting--;
-          m.errors++;
-          throw err;
-        },
       );
-    };
     if (!traced(channels.acquire)) return run();
     const ctx = this.#context(name, o);
     return trace(channels.acquire, ctx, run, (c, grant) => {
@@ -206,22 +183,6 @@ class Lock {
       c.fence = grant.token === null ? null : grant.fence;
       c.result = { granted: grant.token !== null, fence: c.fence };
     });
-  }
-
-  /**
-   * Counts an acquire's result.
-   * @param {string | null} token @param {number} start @param {boolean} waits @param {AcquireSettings} o
-   */
-  #acquired(token, start, waits, o) {
-    const m = this.#metrics;
-    if (waits) m.waiting--;
-    if (token === null) {
-      m.refused++;
-      return;
-    }
-    const now = performance.now();
-    m.wait.add(now - start, now);
-    m.granted(token, now, o.autoExtend ? Infinity : now + o.ttl);
   }
 
   /**
@@ -259,17 +220,8 @@ class Lock {
         if (lease) lease.released = true;
         this.#leases.delete(owner);
       }
-      const m = this.#metrics;
-      const run = () => {
-        const promise = this.#native.release(key, owner);
-        promise.then(
-          (released) => m.releasedBy(owner, released, performance.now()),
-          () => m.errors++,
-        );
-        return promise;
-      };
-      if (!traced(channels.release)) return run();
-      return trace(channels.release, this.#context(name), run, (c, released) => {
+      if (!traced(channels.release)) return this.#native.release(key, owner);
+      return trace(channels.release, this.#context(name), () => this.#native.release(key, owner), (c, released) => {
         c.outcome = released ? 'released' : 'not-owner';
         c.result = released;
       });
@@ -290,30 +242,20 @@ class Lock {
       const key = this.#keyPrefix + name;
       const owner = validate.ownerToken(token);
       const ms = validate.milliseconds('ttl', ttl, this.#ttl);
+      const lease = this.#leases.size > 0 ? this.#leases.get(owner) : undefined;
+      if (!lease && !traced(channels.extend)) return this.#native.extend(key, owner, ms);
       const run = () => {
-        const lease = this.#leases.size > 0 ? this.#leases.get(owner) : undefined;
+        if (!lease) return this.#native.extend(key, owner, ms);
         // A lease's deadline counts from the send time, as the engine's does.
         const sentAt = performance.now();
-        const promise = this.#native.extend(key, owner, ms);
-        promise.then(
-          (extended) => {
-            const m = this.#metrics;
-            if (!extended) {
-              m.extendFailed++;
-              return;
-            }
-            m.extended++;
-            const held = m.held.get(owner);
-            if (held && held.until !== Infinity) held.until = sentAt + ms;
-            if (lease && sentAt >= lease.lastSentAt) {
-              // PEXPIRE set the TTL: the deadline moves to this extend's, earlier too.
-              lease.lastSentAt = sentAt;
-              lease.deadline = sentAt + ms - Math.min(ms, ms * this.#driftFactor + 2);
-            }
-          },
-          () => this.#metrics.errors++,
-        );
-        return promise;
+        return this.#native.extend(key, owner, ms).then((extended) => {
+          if (extended && sentAt >= lease.lastSentAt) {
+            // PEXPIRE set the TTL: the deadline moves to this extend's, earlier too.
+            lease.lastSentAt = sentAt;
+            lease.deadline = sentAt + ms - Math.min(ms, ms * this.#driftFactor + 2);
+          }
+          return extended;
+        });
       };
       if (!traced(channels.extend)) return run();
       return trace(channels.extend, { ...this.#context(name), ttl: ms }, run, (c, extended) => {
@@ -332,13 +274,9 @@ class Lock {
   isLocked(resource) {
     try {
       const name = validate.resourceName(resource);
-      const run = () => {
-        const promise = this.#native.isLocked(this.#keyPrefix + name);
-        promise.then(undefined, () => this.#metrics.errors++);
-        return promise;
-      };
-      if (!traced(channels.isLocked)) return run();
-      return trace(channels.isLocked, this.#context(name), run, (c, held) => {
+      const key = this.#keyPrefix + name;
+      if (!traced(channels.isLocked)) return this.#native.isLocked(key);
+      return trace(channels.isLocked, this.#context(name), () => this.#native.isLocked(key), (c, held) => {
         c.outcome = held ? 'held' : 'free';
         c.result = held;
       });
@@ -413,7 +351,22 @@ class Lock {
    * @returns {import('..').LockMetrics}
    */
   metrics() {
-    return this.#metrics.snapshot();
+    const m = this.#native.metrics();
+    return {
+      acquired: m.acquired,
+      refused: m.refused,
+      errors: m.errors,
+      released: m.released,
+      releasedNotOwner: m.releasedNotOwner,
+      extended: m.extended,
+      extendFailed: m.extendFailed + this.#autoExtendFailed,
+      lost: { ...this.#lost },
+      held: m.held,
+      waiting: m.waiting,
+      waitTime: m.waitTime,
+      holdTime: m.holdTime,
+      windowMs: m.windowMs,
+    };
   }
 
   /**
@@ -427,8 +380,7 @@ class Lock {
     this.#closed = true;
     this.#native.close();
     for (const [token, lease] of this.#leases) {
-      this.#metrics.lost.closed++;
-      this.#metrics.held.delete(token);
+      this.#lost.closed++;
       lease.controller.abort(new LockLostError(lease.resource, token, 'closed', 'the Lock was closed'));
     }
     this.#leases.clear();
@@ -449,9 +401,8 @@ class Lock {
     this.#leases.delete(token);
     const resource = lease ? lease.resource : key.slice(this.#keyPrefix.length);
     const error = new LockLostError(resource, token, /** @type {LockLostError['kind']} */ (kind), detail);
-    const m = this.#metrics;
-    if (kind in m.lost) m.lost[/** @type {keyof Metrics['lost']} */ (kind)]++;
-    m.held.delete(token);
+    if (kind in this.#lost) this.#lost[/** @type {'not-owner' | 'unreachable' | 'expired' | 'max-hold-time'} */ (kind)]++;
+    this.#native.leaseLost(token);
     debug('lock on "%s" (%s) lost, %s: %s', resource, this.#server, kind, detail);
     if (channels.lost.hasSubscribers) channels.lost.publish({ resource, prefix: this.#prefix, server: this.#server, kind, message: error.message });
     if (lease) lease.controller.abort(error);
@@ -498,7 +449,7 @@ class Lock {
       }
       case 'extend-failed': {
         const keys = notice.keys ?? [];
-        this.#metrics.extendFailed += keys.length;
+        this.#autoExtendFailed += keys.length;
         debug('%s', notice.message);
         if (channels.extendFailed.hasSubscribers) {
           for (const key of keys) {

@@ -7,8 +7,12 @@
 //   3. the TypeScript check of the facade, the tests and the v1 README consumer
 //   4. the JS black-box tests (node --test), against real Redis; then the API tests again with
 //      the event-loop transport off, and the API and lease tests over TLS
-//   5. with SDL_TEST_NODES (node binaries separated by ':'), the API, lease, fault and process-exit
-//      tests once more on each of those Node lines (.ci/run passes 22, 24 and 26 from the npm registry)
+//   5. with SDL_TEST_NODES (node binaries separated by ':'), the API, lease, fault, process-exit and
+//      observability tests once more on each of those Node lines (.ci/run passes 22, 24 and 26 from
+//      the npm registry)
+//   6. with SDL_TEST_SERVERS (server binaries separated by ':'), the API, lease, hygiene, fault,
+//      Redlock and Cluster/Sentinel tests once more on each of those servers (.ci/run passes
+//      Redis 8.2.3 and Valkey 9.1.2 from PyPI wheels)
 // Needs: cargo, redis-server on PATH, and Redis on localhost:6379 for the README examples.
 
 const { execFileSync, spawnSync } = require('node:child_process');
@@ -30,6 +34,10 @@ const testFiles = /** @type {string[]} */ (readdirSync(join(root, '__test__'), {
   .map((f) => `__test__/${f}`);
 const apiSuites = ['__test__/api.test.mjs', '__test__/connection.test.mjs', '__test__/leases.test.mjs', '__test__/faults.test.mjs', '__test__/observability.test.mjs'];
 const otherNodes = (process.env.SDL_TEST_NODES ?? '').split(':').filter(Boolean);
+const otherServers = (process.env.SDL_TEST_SERVERS ?? '').split(':').filter(Boolean);
+// On another server (Redis 8, Valkey): the calls, the leases and what they leave behind, the
+// faults, Redlock, and Cluster and Sentinel made of that server.
+const serverSuites = ['__test__/api.test.mjs', '__test__/leases.test.mjs', '__test__/hygiene.test.mjs', '__test__/faults.test.mjs', '__test__/redlock.test.mjs', '__test__/scale-out.test.mjs'];
 // On another Node line: the calls, the leases, the faults, that nothing keeps the process alive,
 // and the diagnostics channels (their API grew between Node lines).
 const nodeLineSuites = ['__test__/api.test.mjs', '__test__/leases.test.mjs', '__test__/faults.test.mjs', '__test__/process-exit.test.mjs', '__test__/observability.test.mjs'];
@@ -51,6 +59,7 @@ const steps = [
   ['API and lease tests over TLS', process.execPath, ['--test', '--test-reporter=dot', '__test__/api.test.mjs', '__test__/leases.test.mjs']],
   // The event-loop lane calls libuv inside the host process: check it on every Node line asked for.
   ...otherNodes.map((node) => /** @type {[string, string, string[]]} */ ([`API tests on ${node}`, node, ['--test', '--test-reporter=dot', ...nodeLineSuites]])),
+  ...otherServers.map((server) => /** @type {[string, string, string[]]} */ ([`suites on the server ${server}`, process.execPath, ['--test', '--test-reporter=dot', ...serverSuites]])),
 ];
 
 /** A CA and a server certificate for 127.0.0.1 / localhost, made with openssl, in a fresh directory. */
@@ -68,6 +77,8 @@ function makeTlsDir() {
 /** @param {string} title */
 function envFor(title) {
   if (title.includes('lane off')) return { ...process.env, SDL_EVENT_LOOP_LANE: '0' };
+  const server = otherServers.find((path) => title === `suites on the server ${path}`);
+  if (server) return { ...process.env, SDL_TEST_REDIS_SERVER: server };
   if (title.includes('over TLS')) {
     const dir = makeTlsDir();
     process.on('exit', () => rmSync(dir, { recursive: true, force: true }));

@@ -10,6 +10,7 @@
 mod errors;
 mod js;
 mod lane;
+mod metrics;
 mod notices;
 mod settings;
 mod settle;
@@ -31,6 +32,8 @@ use sdl_engine::{
 use errors::{invalid_arg, to_js_error};
 use js::JsEnv;
 use lane::Lane;
+use metrics::Counted;
+pub use metrics::{DurationSummary, NativeMetrics};
 pub use notices::{EngineNotice, EngineVote};
 pub use settings::{
     ConnectionSettings, LockerSettings, TlsSettings, TopologySettings, WaitSettings,
@@ -197,6 +200,18 @@ impl NativeLocker {
         self.locker.set_votes_wanted(wanted);
     }
 
+    /// The counters and summaries of `lock.metrics()` kept where calls settle.
+    #[napi(catch_unwind)]
+    pub fn metrics(&self) -> NativeMetrics {
+        self.settler.metrics_snapshot()
+    }
+
+    /// The facade was told a tracked lease was lost: it is not held any more.
+    #[napi(catch_unwind)]
+    pub fn lease_lost(&self, token: String) {
+        self.settler.metrics().borrow_mut().lost(&token);
+    }
+
     /// `event-loop` (the libuv transport) or `runtime` (calls driven from the tokio runtime).
     #[napi(getter, catch_unwind)]
     pub fn transport(&self) -> &'static str {
@@ -274,7 +289,13 @@ impl NativeLocker {
         key: String,
         token: String,
     ) -> Result<PromiseRaw<'env, bool>> {
-        self.call(env, Call::Release { key, token }, Expect::Flag)
+        let granted_at = self.settler.metrics().borrow_mut().releasing(&token);
+        self.call(
+            env,
+            Call::Release { key, token },
+            Expect::Flag,
+            Counted::Release { granted_at },
+        )
     }
 
     /// Sets the lock's TTL if `token` owns it. Resolves to whether it did.
@@ -287,13 +308,18 @@ impl NativeLocker {
         ttl_ms: u32,
     ) -> Result<PromiseRaw<'env, bool>> {
         let ttl = ttl(ttl_ms)?;
-        self.call(env, Call::Extend { key, token, ttl }, Expect::Flag)
+        let counted = Counted::Extend {
+            token: token.clone(),
+            ttl,
+            sent_at: Instant::now(),
+        };
+        self.call(env, Call::Extend { key, token, ttl }, Expect::Flag, counted)
     }
 
     /// Whether anybody holds the lock at `key`.
     #[napi(catch_unwind, ts_return_type = "Promise<boolean>")]
     pub fn is_locked<'env>(&self, env: &'env Env, key: String) -> Result<PromiseRaw<'env, bool>> {
-        self.call(env, Call::Exists { key }, Expect::Flag)
+        self.call(env, Call::Exists { key }, Expect::Flag, Counted::Other)
     }
 
     /// Ms until the tracked lease's deadline (0 once passed); `null` if it is not tracked.
@@ -325,6 +351,7 @@ impl NativeLocker {
     #[napi(catch_unwind)]
     pub fn close(&self) {
         self.locker.close();
+        self.settler.metrics().borrow_mut().closed();
         self.pump();
     }
 }
@@ -376,7 +403,13 @@ impl NativeLocker {
             }
             cancels.insert(cancel_id, id);
         }
-        self.start(env, id, Call::Acquire { spec, retry }, expect)
+        let counted = Counted::Acquire {
+            started: Instant::now(),
+            waits: retry.is_some(),
+            ttl: spec.ttl,
+            tracked: spec.auto_extend || spec.watch,
+        };
+        self.start(env, id, Call::Acquire { spec, retry }, expect, counted)
     }
 
     fn call<'env, T>(
@@ -384,9 +417,10 @@ impl NativeLocker {
         env: &'env Env,
         call: Call,
         expect: Expect,
+        counted: Counted,
     ) -> Result<PromiseRaw<'env, T>> {
         let id = self.locker.next_call_id();
-        self.start(env, id, call, expect)
+        self.start(env, id, call, expect, counted)
     }
 
     /// Makes the call; its outcome settles the returned promise.
@@ -396,8 +430,9 @@ impl NativeLocker {
         id: CallId,
         call: Call,
         expect: Expect,
+        counted: Counted,
     ) -> Result<PromiseRaw<'env, T>> {
-        let promise = self.settler.add(id, expect)?;
+        let promise = self.settler.add(id, expect, counted)?;
         self.locker.submit(id, call);
         self.pump();
         // SAFETY: `promise` is a live promise value made in this call's env and scope.

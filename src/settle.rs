@@ -25,6 +25,7 @@ use sdl_engine::{CallId, EngineError, EngineResult, Outcome};
 
 use crate::errors::code_and_message;
 use crate::js::{AsyncScope, Deferred, JsEnv};
+use crate::metrics::{Counted, Metrics, NativeMetrics};
 
 /// Node's monotonic clock (`performance.now()`) beside the engine's: an `Instant` in JS ms.
 ///
@@ -157,7 +158,8 @@ pub(crate) struct Settler {
     /// The environment is being torn down: no more Node-API calls.
     gone: Cell<bool>,
     classes: sys::napi_ref,
-    pending: RefCell<HashMap<CallId, (Deferred, Expect)>>,
+    pending: RefCell<HashMap<CallId, (Deferred, Expect, Counted)>>,
+    metrics: RefCell<Metrics>,
     shared: Arc<Shared>,
     /// What to let go once nothing is pending (the Lock was collected meanwhile).
     abandoned: RefCell<Option<Box<dyn FnOnce()>>>,
@@ -181,6 +183,7 @@ impl Settler {
             gone: Cell::new(false),
             classes,
             pending: RefCell::default(),
+            metrics: RefCell::new(Metrics::new()),
             shared: shared.clone(),
             abandoned: RefCell::new(None),
             lane_handler: RefCell::new(None),
@@ -243,14 +246,29 @@ impl Settler {
     }
 
     /// A new pending call: its promise.
-    pub(crate) fn add(&self, id: CallId, expect: Expect) -> Result<sys::napi_value> {
+    pub(crate) fn add(
+        &self,
+        id: CallId,
+        expect: Expect,
+        counted: Counted,
+    ) -> Result<sys::napi_value> {
         let (deferred, promise) = self.env.promise()?;
         let mut pending = self.pending.borrow_mut();
         if pending.is_empty() {
             self.keep_alive(true);
         }
-        pending.insert(id, (deferred, expect));
+        self.metrics.borrow_mut().started(&counted);
+        pending.insert(id, (deferred, expect, counted));
         Ok(promise)
+    }
+
+    /// The counters and summaries of `lock.metrics()`.
+    pub(crate) fn metrics(&self) -> &RefCell<Metrics> {
+        &self.metrics
+    }
+
+    pub(crate) fn metrics_snapshot(&self) -> NativeMetrics {
+        self.metrics.borrow_mut().snapshot()
     }
 
     pub(crate) fn is_pending_call(&self, id: CallId) -> bool {
@@ -299,9 +317,10 @@ impl Settler {
     }
 
     fn settle(&self, env: JsEnv, id: CallId, outcome: Outcome) {
-        let Some((deferred, expect)) = self.pending.borrow_mut().remove(&id) else {
+        let Some((deferred, expect, counted)) = self.pending.borrow_mut().remove(&id) else {
             return;
         };
+        self.metrics.borrow_mut().settled(counted, &outcome);
         let value = self.value(env, expect, outcome);
         env.settle(deferred, value);
         if self.pending.borrow().is_empty() {

@@ -35,6 +35,13 @@ async function waitForPort(port, timeoutMs) {
 }
 
 /**
+ * `SDL_TEST_REDIS_SERVER=<path>`: the server binary every helper starts (default `redis-server` on
+ * PATH), so the same suites run on Redis 8 and Valkey (`npm test` does this for the servers that
+ * `SDL_TEST_SERVERS` names).
+ */
+export const SERVER_BINARY = process.env.SDL_TEST_REDIS_SERVER || 'redis-server';
+
+/**
  * `SDL_TEST_TLS=<dir>` (with ca.crt, server.crt, server.key in it, and NODE_EXTRA_CA_CERTS naming
  * the CA): every server speaks TLS only, `url` is `rediss://`, and `client()` uses TLS, so the same
  * suites run over TLS (`npm test` does this for the API and lease suites).
@@ -71,7 +78,7 @@ export class RedisServer {
 
   async spawn() {
     const child = spawn(
-      'redis-server',
+      SERVER_BINARY,
       ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...tlsArgs(this.port), ...this.args],
       { stdio: 'ignore' },
     );

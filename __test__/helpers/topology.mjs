@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { Cluster, Redis } from 'ioredis';
-import { RedisServer, freePort } from './redis-server.mjs';
+import { RedisServer, SERVER_BINARY, freePort } from './redis-server.mjs';
 
 const HOST = '127.0.0.1';
 const SLOT_COUNT = 16384;
@@ -461,7 +461,7 @@ export class SentinelGroup {
           '',
         ].join('\n'),
       );
-      const child = spawn('redis-server', [configFile, '--sentinel'], { stdio: 'ignore' });
+      const child = spawn(SERVER_BINARY, [configFile, '--sentinel'], { stdio: 'ignore' });
       child.on('error', () => {}); // a sentinel that did not start fails the wait below, with its port
       this.sentinelProcesses.push(child);
     }

@@ -21,6 +21,10 @@ export declare class NativeLocker {
    * default only those where a master failed or did not answer do).
    */
   setVotesWanted(wanted: boolean): void
+  /** The counters and summaries of `lock.metrics()` kept where calls settle. */
+  metrics(): NativeMetrics
+  /** The facade was told a tracked lease was lost: it is not held any more. */
+  leaseLost(token: string): void
   /** `event-loop` (the libuv transport) or `runtime` (calls driven from the tokio runtime). */
   get transport(): string
   /**
@@ -69,6 +73,15 @@ export interface ConnectionSettings {
   tls?: TlsSettings
   connectTimeoutMs?: number
   commandTimeoutMs?: number
+}
+
+/** Durations in ms over the window. */
+export interface DurationSummary {
+  count: number
+  p50: number
+  p90: number
+  p99: number
+  max: number
 }
 
 /**
@@ -123,6 +136,22 @@ export interface LockerSettings {
   keyPrefix?: string
   /** `performance.now()` when the Lock was made: deadlines go to JS on that clock. */
   clockOriginMs?: number
+}
+
+/** The engine's side of `lock.metrics()` (the facade adds losses and failed auto-extensions). */
+export interface NativeMetrics {
+  acquired: number
+  refused: number
+  errors: number
+  released: number
+  releasedNotOwner: number
+  extended: number
+  extendFailed: number
+  held: number
+  waiting: number
+  waitTime: DurationSummary
+  holdTime: DurationSummary
+  windowMs: number
 }
 
 export interface TlsSettings {

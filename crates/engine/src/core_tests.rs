@@ -995,7 +995,10 @@ fn notices_tell_a_socket_opened_broken_reopened_and_a_script_reloaded() {
     let _ = h.commands(0);
     h.reply(0, &sha_reply());
     h.reply(0, b":1\r\n");
-    assert!(h.notices().is_empty(), "a script loaded as planned is no news");
+    assert!(
+        h.notices().is_empty(),
+        "a script loaded as planned is no news"
+    );
     h.core.call(
         3,
         Call::Extend {
@@ -1086,10 +1089,20 @@ fn redlock_votes_are_told_when_asked_for_and_when_a_master_failed() {
     h.open_all();
     let _ = h.notices();
     acquire(&mut h, 1, [b":1\r\n", b":1\r\n", b":1\r\n"]);
-    assert!(h.notices().is_empty(), "a plain majority is no news unasked");
+    assert!(
+        h.notices().is_empty(),
+        "a plain majority is no news unasked"
+    );
     acquire(&mut h, 2, [b"-ERR boom\r\n", b":2\r\n", b":2\r\n"]);
     let notices = h.notices();
-    let [Notice::Quorum { key, granted, votes }] = &notices[..] else {
+    let [
+        Notice::Quorum {
+            key,
+            granted,
+            votes,
+        },
+    ] = &notices[..]
+    else {
         panic!("{notices:?}");
     };
     assert_eq!((key.as_str(), *granted), ("k", true));
