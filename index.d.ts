@@ -265,6 +265,36 @@ export declare class Lock {
   [Symbol.asyncDispose](): Promise<void>;
 }
 
+/** v2: options for `new Semaphore(redis, options)`: the Lock's, plus `permits`. */
+export interface SemaphoreOptions extends Omit<LockOptions, 'fencing'> {
+  /**
+   * Permits per resource: at most this many holders at once. A positive integer, required, the
+   * same for every instance on a resource.
+   */
+  permits: number;
+  /** Prefix for Redis keys (default: "semaphore:"). */
+  prefix?: string;
+}
+
+/**
+ * v2: a counting semaphore with a lease per permit. `acquire`, `acquireLease`, `using`, `release`,
+ * `extend` and `isLocked` work as on `Lock` (same options, waiting, auto-extension, signal and
+ * errors), on permits: each holder's permit is its own lease, expiring on the server's clock, so
+ * a crashed holder's permit frees itself after its ttl; a release wakes a waiter at once.
+ * Permits carry no fence (`lease.fence` is `null`). Not over Redlock (`LockUnsupportedError`).
+ */
+export declare class Semaphore extends Lock {
+  /**
+   * @throws {TypeError | RangeError} bad arguments (`permits` missing or not a positive integer)
+   * @throws {LockUnsupportedError} Redlock masters
+   */
+  constructor(redis: RedisConnection, options: SemaphoreOptions);
+  /** Permits per resource. */
+  readonly permits: number;
+  /** Permits held on `resource` now (expired ones not counted). */
+  count(resource: string): Promise<number>;
+}
+
 /** v2: durations in ms over the last `windowMs` (at most the last 1,024 samples). */
 export interface DurationSummary {
   count: number;

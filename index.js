@@ -3,10 +3,12 @@
 // `instanceof` checks work whichever way a module loaded the package.
 
 const { Lock } = require('./lib/lock');
+const { Semaphore } = require('./lib/semaphore');
 const errors = require('./lib/errors');
 
 module.exports = {
   Lock,
+  Semaphore,
   LockError: errors.LockError,
   LockConnectionError: errors.LockConnectionError,
   LockTimeoutError: errors.LockTimeoutError,

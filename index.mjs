@@ -3,6 +3,7 @@ import lib from './index.js';
 
 export const {
   Lock,
+  Semaphore,
   LockError,
   LockConnectionError,
   LockTimeoutError,

@@ -8,7 +8,7 @@ import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { Cluster } from 'ioredis';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Lock, LockError } from 'simple-distributed-lock';
+import { Lock, LockError, Semaphore } from 'simple-distributed-lock';
 import { RedisServer } from './helpers/redis-server.mjs';
 import { startCluster, startSentinelGroup } from './helpers/topology.mjs';
 import { runWorkers } from './helpers/workers.mjs';
@@ -87,6 +87,36 @@ describe('Redis Cluster', () => {
     assert.ok(counters.length > 0 && counters.length <= 2000, `${counters.length} counters`);
     for (const counter of counters) assert.match(counter, /^\{[0-9a-f]+\}:fence:hygiene:$/);
     await lock.close();
+  });
+
+  test('Semaphore: permits on resources spread over every master, counted, given back, waking a waiter', async () => {
+    const sem = new Semaphore({ cluster: cluster.startupNodes.map((n) => `redis://${n.host}:${n.port}`) }, { permits: 2, ttl: 5000 });
+    const check = cluster.ioredisCluster();
+    /** @type {Set<number>} */
+    const masters = new Set();
+    for (let i = 0; i < 12; i++) {
+      const resource = `pool:${i}`;
+      const [a, b] = [await sem.acquire(resource), await sem.acquire(resource)];
+      assert.ok(a && b, resource);
+      assert.equal(await sem.acquire(resource), null, `${resource}: 2 permits`);
+      assert.equal(await sem.count(resource), 2);
+      assert.equal(await check.zcard(`semaphore:${resource}`), 2);
+      masters.add(await cluster.masterForKey(`semaphore:${resource}`));
+      assert.equal(await sem.release(resource, /** @type {string} */ (a)), true);
+      assert.equal(await sem.release(resource, /** @type {string} */ (b)), true);
+      assert.equal(await check.exists(`semaphore:${resource}`), 0, `${resource}: nothing left`);
+    }
+    assert.equal(masters.size, 3, 'the semaphores lived on every master');
+    const held = await sem.acquire('pool:wake');
+    const held2 = await sem.acquire('pool:wake');
+    const waiter = sem.acquire('pool:wake', { retryCount: Infinity, retryDelay: 5000 });
+    await sleep(200);
+    const releasedAt = Date.now();
+    await sem.release('pool:wake', /** @type {string} */ (held));
+    assert.ok(await waiter);
+    assert.ok(Date.now() - releasedAt < 2000, 'woken by the release, not its 5 s poll');
+    await sem.release('pool:wake', /** @type {string} */ (held2));
+    await sem.close();
   });
 
   test('a master killed and its replica promoted: locks keep working, no call hangs', async () => {
@@ -185,6 +215,18 @@ describe('Sentinel', () => {
       ioredis.disconnect();
       await lock.close();
     }
+  });
+
+  test('Semaphore behind Sentinel: at most its permits, given back', async () => {
+    const [sentinel] = group.sentinels;
+    const sem = new Semaphore(`redis+sentinel://${sentinel.host}:${sentinel.port}/${group.masterName}`, { permits: 2 });
+    const tokens = [await sem.acquire('sentinel-pool'), await sem.acquire('sentinel-pool')];
+    assert.ok(tokens.every(Boolean));
+    assert.equal(await sem.acquire('sentinel-pool'), null);
+    assert.equal(await sem.count('sentinel-pool'), 2);
+    for (const token of tokens) assert.equal(await sem.release('sentinel-pool', /** @type {string} */ (token)), true);
+    assert.equal(await sem.count('sentinel-pool'), 0);
+    await sem.close();
   });
 
   test('a redis+sentinel:// URL', async () => {

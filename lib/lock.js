@@ -19,6 +19,21 @@ const asyncDispose = Symbol.asyncDispose ?? Symbol.for('nodejs.asyncDispose');
 const onLost = Symbol('onLost');
 const onExtended = Symbol('onExtended');
 const onNotice = Symbol('onNotice');
+/** `Semaphore#count` reaches the engine through this (not part of the public API). */
+const countPermits = Symbol('countPermits');
+/** What makes a Lock a Semaphore: objects made by `semaphoreKind`, known by identity only. */
+const semaphoreKinds = new WeakSet();
+const DEFAULT_SEMAPHORE_PREFIX = 'semaphore:';
+
+/**
+ * For `Semaphore`'s constructor: the engine keeps `permits` permits per resource.
+ * @param {number} permits
+ */
+function semaphoreKind(permits) {
+  const kind = { permits };
+  semaphoreKinds.add(kind);
+  return kind;
+}
 
 /**
  * Lost-lease notifications come from the engine with the Lock's id, not with the Lock itself:
@@ -72,14 +87,17 @@ class Lock {
   /**
    * @param {unknown} redis an ioredis instance, a redis:// or rediss:// URL, or an options object
    * @param {unknown} [options]
+   * @param {{ permits: number }} [kind] from `semaphoreKind` (Semaphore's constructor) only
    */
-  constructor(redis, options) {
+  constructor(redis, options, kind = undefined) {
     const opts = validate.optionsBag('options', options);
+    const semaphore = kind !== undefined && semaphoreKinds.has(kind) ? /** @type {{ permits: number }} */ (kind) : null;
     this.#ttl = validate.milliseconds('ttl', opts.ttl, DEFAULT_TTL_MS);
-    const prefix = validate.text('prefix', opts.prefix, DEFAULT_PREFIX);
+    const prefix = validate.text('prefix', opts.prefix, semaphore ? DEFAULT_SEMAPHORE_PREFIX : DEFAULT_PREFIX);
     this.#prefix = prefix;
     this.#onLockLost = validate.optionalCallback('onLockLost', opts.onLockLost);
-    const fencing = validate.flag('fencing', opts.fencing, true);
+    // A semaphore's permits carry no fence (lease.fence is null).
+    const fencing = semaphore ? false : validate.flag('fencing', opts.fencing, true);
     const driftFactor = validate.fraction('driftFactor', opts.driftFactor, 0.01);
     this.#driftFactor = driftFactor;
     const { topology, keyPrefix } = resolveConnection(redis, opts);
@@ -88,7 +106,7 @@ class Lock {
     try {
       this.#native = new NativeLocker(
         topology,
-        { fencing, driftFactor, keyPrefix: this.#keyPrefix, clockOriginMs: performance.now() },
+        { fencing, driftFactor, keyPrefix: this.#keyPrefix, clockOriginMs: performance.now(), permits: semaphore?.permits },
         BY_CODE,
         (lost) => dispatchLost(id, ...lost),
         (extended) => dispatchExtended(id, extended),
@@ -343,6 +361,19 @@ class Lock {
     }
     await lease.release();
     return result;
+  }
+
+  /**
+   * For `Semaphore#count`: permits held now on `resource`.
+   * @param {unknown} resource
+   * @returns {Promise<number>}
+   */
+  [countPermits](resource) {
+    try {
+      return this.#native.count(this.#keyPrefix + validate.resourceName(resource));
+    } catch (err) {
+      return Promise.reject(fromNative(err));
+    }
   }
 
   /**
@@ -636,4 +667,4 @@ function warn(what, err) {
   });
 }
 
-module.exports = { Lock };
+module.exports = { Lock, semaphoreKind, countPermits };

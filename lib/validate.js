@@ -57,6 +57,16 @@ function milliseconds(name, value, fallback) {
   return value;
 }
 
+/**
+ * A required positive integer up to 2^31-1 (a count, e.g. a semaphore's permits).
+ * @param {string} name @param {unknown} value @returns {number}
+ */
+function count(name, value) {
+  if (typeof value !== 'number') throw typeError(name, 'a positive integer', value);
+  if (!Number.isInteger(value) || value < 1 || value > MAX_MS) throw rangeError(name, `a positive integer, at most ${MAX_MS}`, value);
+  return value;
+}
+
 /** @param {unknown} value @param {string} [name] @returns {number} */
 function retryCount(value, name = 'retryCount') {
   if (value == null) return 0;
@@ -134,6 +144,7 @@ function optionalCallback(name, value) {
 }
 
 module.exports = {
+  count,
   MAX_MS,
   typeError,
   rangeError,

@@ -141,6 +141,10 @@ impl NativeLocker {
                 on_lost: Some(on_lost),
                 on_extended: Some(on_extended),
                 on_notice: Some(on_notice),
+                semaphore: match options.permits {
+                    Some(0) => return Err(invalid_arg("permits", "must be a positive integer")),
+                    permits => permits,
+                },
                 drift_factor,
                 runtime: Some(runtime),
                 transport,
@@ -314,6 +318,12 @@ impl NativeLocker {
             sent_at: Instant::now(),
         };
         self.call(env, Call::Extend { key, token, ttl }, Expect::Flag, counted)
+    }
+
+    /// A semaphore's permits held now (a lock: 1 if held, else 0).
+    #[napi(catch_unwind, ts_return_type = "Promise<number>")]
+    pub fn count<'env>(&self, env: &'env Env, key: String) -> Result<PromiseRaw<'env, f64>> {
+        self.call(env, Call::Count { key }, Expect::Count, Counted::Other)
     }
 
     /// Whether anybody holds the lock at `key`.

@@ -38,6 +38,8 @@ pub struct LockerSettings {
     pub key_prefix: Option<String>,
     /// `performance.now()` when the Lock was made: deadlines go to JS on that clock.
     pub clock_origin_ms: Option<f64>,
+    /// A `Semaphore` of this many permits per resource (a positive integer), not a `Lock`.
+    pub permits: Option<u32>,
 }
 
 impl LockerSettings {

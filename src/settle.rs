@@ -64,6 +64,8 @@ pub(crate) enum Expect {
     Grant,
     /// `acquireDetailed`: the same as `Grant`, for a lease that is not watched.
     Detail,
+    /// `count`: a number.
+    Count,
     Flag,
 }
 
@@ -375,6 +377,7 @@ impl Settler {
                 }
             }
             (Expect::Flag, Outcome::Flag(flag)) => env.boolean(flag),
+            (Expect::Count, Outcome::Count(n)) => env.number(n as f64),
             _ => Err(Error::from_reason(
                 "an outcome of the wrong kind (a bug: please report it)",
             )),

@@ -52,7 +52,10 @@ export const SINGLE_IMPLS = ['ioredis', 'v1', 'v2', 'redlock', 'redis-semaphore'
  * build of this package (a checkout of an earlier commit, built), from the directory in
  * `SDL_BENCH_BEFORE`, to compare a change with what it replaces in one run.
  */
-export const EXTRA_IMPLS = ['v2-nofence', 'v2-before', 'v2-traced'];
+export const EXTRA_IMPLS = ['v2-nofence', 'v2-before', 'v2-traced', 'v2-semaphore', 'redis-semaphore-semaphore'];
+
+/** Permits of the semaphore rows (`--impls v2-semaphore,redis-semaphore-semaphore`). */
+const SEMAPHORE_PERMITS = 3;
 
 export const LABELS = /** @type {Record<string, string>} */ ({
   ioredis: 'ioredis (SET NX PX + EVALSHA)',
@@ -60,6 +63,8 @@ export const LABELS = /** @type {Record<string, string>} */ ({
   v2: 'v2 (this package, Rust engine)',
   'v2-nofence': 'v2, fencing: false',
   'v2-traced': 'v2, every tracing channel subscribed',
+  'v2-semaphore': `v2 Semaphore (${SEMAPHORE_PERMITS} permits)`,
+  'redis-semaphore-semaphore': `redis-semaphore 5 Semaphore (${SEMAPHORE_PERMITS} permits)`,
   'v2-before': `v2 as built in ${process.env.SDL_BENCH_BEFORE ?? '$SDL_BENCH_BEFORE'}`,
   redlock: 'redlock 5.0.0-beta.2',
   'redis-semaphore': 'redis-semaphore 5 (Mutex)',
@@ -110,6 +115,10 @@ export async function createImpl(name, target) {
       return redlock(ports);
     case 'redis-semaphore':
       return semaphore(ports[0]);
+    case 'v2-semaphore':
+      return v2Semaphore(ports[0]);
+    case 'redis-semaphore-semaphore':
+      return semaphoreSemaphore(ports[0]);
     default:
       throw new Error(`unknown implementation "${name}"`);
   }
@@ -217,6 +226,57 @@ async function v2(target, name) {
     holdHow: 'lock.acquire(r, { ttl, autoExtend: true }): one engine scheduler for all leases',
     lostCount: () => lost,
     close: () => lock.close(),
+  };
+}
+
+/**
+ * v2's Semaphore: acquire takes one permit (one attempt), release gives it back.
+ * @param {number} port @returns {Promise<Impl>}
+ */
+async function v2Semaphore(port) {
+  /** @type {typeof import('simple-distributed-lock')} */
+  const { Semaphore } = await import('simple-distributed-lock');
+  const sem = new Semaphore(`redis://127.0.0.1:${port}`, { permits: SEMAPHORE_PERMITS });
+  await sem.isLocked('bench:warm-connection');
+  return {
+    name: 'v2-semaphore',
+    redisKey: (resource) => `semaphore:${resource}`,
+    acquire: (resource, ttl) => sem.acquire(resource, { ttl }),
+    release: (resource, token) => sem.release(resource, token),
+    withLock: null,
+    withLockHow: 'n/a',
+    hold: null,
+    holdHow: 'n/a',
+    lostCount: () => null,
+    close: () => sem.close(),
+  };
+}
+
+/**
+ * redis-semaphore's Semaphore: tryAcquire (one attempt, no refresh timer), release.
+ * @param {number} port @returns {Promise<Impl>}
+ */
+async function semaphoreSemaphore(port) {
+  const { Semaphore } = await import('redis-semaphore');
+  const redis = ioredisClient(port);
+  await redis.ping();
+  return {
+    name: 'redis-semaphore-semaphore',
+    redisKey: (resource) => `semaphore:${resource}`,
+    acquire: async (resource, ttl) => {
+      const sem = new Semaphore(redis, resource, SEMAPHORE_PERMITS, { lockTimeout: ttl, acquireAttemptsLimit: 1, refreshInterval: 0 });
+      return (await sem.tryAcquire()) ? sem : null;
+    },
+    release: async (_resource, sem) => {
+      await sem.release();
+      return true;
+    },
+    withLock: null,
+    withLockHow: 'n/a',
+    hold: null,
+    holdHow: 'n/a',
+    lostCount: () => null,
+    close: async () => void redis.disconnect(),
   };
 }
 

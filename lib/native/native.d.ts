@@ -47,6 +47,8 @@ export declare class NativeLocker {
   release(key: string, token: string): Promise<boolean>
   /** Sets the lock's TTL if `token` owns it. Resolves to whether it did. */
   extend(key: string, token: string, ttlMs: number): Promise<boolean>
+  /** A semaphore's permits held now (a lock: 1 if held, else 0). */
+  count(key: string): Promise<number>
   /** Whether anybody holds the lock at `key`. */
   isLocked(key: string): Promise<boolean>
   /** Ms until the tracked lease's deadline (0 once passed); `null` if it is not tracked. */
@@ -136,6 +138,8 @@ export interface LockerSettings {
   keyPrefix?: string
   /** `performance.now()` when the Lock was made: deadlines go to JS on that clock. */
   clockOriginMs?: number
+  /** A `Semaphore` of this many permits per resource (a positive integer), not a `Lock`. */
+  permits?: number
 }
 
 /** The engine's side of `lock.metrics()` (the facade adds losses and failed auto-extensions). */

@@ -125,6 +125,10 @@ pub enum Call {
     Exists {
         key: String,
     },
+    /// Semaphore: how many permits are held (a lock: 1 or 0).
+    Count {
+        key: String,
+    },
     /// Extends many leases in one script call (auto-extension). On a cluster all keys must
     /// share a slot.
     ExtendMany {
@@ -161,6 +165,7 @@ pub enum Outcome {
         attempts: u32,
     },
     Flag(bool),
+    Count(i64),
     /// `ExtendMany`: one result per lease.
     Flags(Vec<EngineResult<bool>>),
     Failed(EngineError),
@@ -230,6 +235,7 @@ enum OpKind {
         ttl: Duration,
     },
     Exists,
+    Count,
     ExtendMany {
         n: usize,
     },
@@ -321,6 +327,8 @@ pub struct Core {
     closed: bool,
     /// Report every Redlock acquire's votes (`Notice::Quorum`), not only those with a failure.
     votes_wanted: bool,
+    /// A semaphore of this many permits per key (see `scripts`), not a lock.
+    permits: Option<u32>,
 }
 
 impl Core {
@@ -418,6 +426,7 @@ impl Core {
             command_timeout,
             closed: false,
             votes_wanted: false,
+            permits: None,
         })
     }
 
@@ -545,6 +554,36 @@ impl Core {
         matches!(self.layout, Layout::Cluster(_))
     }
 
+    /// Makes every call of this core one on a semaphore of `permits` permits per key: a key is
+    /// a sorted set of permits (no fences); release, extend and `Exists` act on permits.
+    pub fn set_semaphore(&mut self, permits: u32) -> EngineResult<()> {
+        if self.is_redlock() {
+            return Err(EngineError::new(
+                ErrorKind::Unsupported,
+                "a Semaphore needs one master (a server, Sentinel or a cluster), not Redlock",
+            ));
+        }
+        self.permits = Some(permits.max(1));
+        self.fencing = None;
+        Ok(())
+    }
+
+    fn release_request(&self, key: String, token: String, publish: bool) -> Request {
+        if self.permits.is_some() {
+            Request::SemRelease {
+                key,
+                token,
+                publish,
+            }
+        } else {
+            Request::Release {
+                key,
+                token,
+                publish,
+            }
+        }
+    }
+
     /// Whether every Redlock acquire reports its votes (`Notice::Quorum`); by default only
     /// those where a master failed or did not answer do.
     pub fn set_votes_wanted(&mut self, wanted: bool) {
@@ -577,19 +616,38 @@ impl Core {
             Call::Acquire { spec, retry: None } => self.acquire(Owner::User(id), spec, now),
             Call::Release { key, token } => self.release(Owner::User(id), key, token, now),
             Call::Extend { key, token, ttl } => {
-                let request = Request::Extend {
-                    key,
-                    token: token.clone(),
-                    ttl_ms: ms(ttl),
+                let (token_sent, ttl_ms) = (token.clone(), ms(ttl));
+                let request = if self.permits.is_some() {
+                    Request::SemExtend {
+                        key,
+                        token: token_sent,
+                        ttl_ms,
+                    }
+                } else {
+                    Request::Extend {
+                        key,
+                        token: token_sent,
+                        ttl_ms,
+                    }
                 };
                 self.start(Owner::User(id), OpKind::Extend { token, ttl }, request, now);
             }
-            Call::Exists { key } => self.start(
-                Owner::User(id),
-                OpKind::Exists,
-                Request::Exists { key },
-                now,
-            ),
+            Call::Exists { key } => {
+                let request = if self.permits.is_some() {
+                    Request::SemCount { key }
+                } else {
+                    Request::Exists { key }
+                };
+                self.start(Owner::User(id), OpKind::Exists, request, now)
+            }
+            Call::Count { key } => {
+                let request = if self.permits.is_some() {
+                    Request::SemCount { key }
+                } else {
+                    Request::Exists { key }
+                };
+                self.start(Owner::User(id), OpKind::Count, request, now)
+            }
             Call::ExtendMany { items } => {
                 let n = items.len();
                 let items = items
@@ -600,12 +658,12 @@ impl Core {
                         ttl_ms: ms(ttl),
                     })
                     .collect();
-                self.start(
-                    Owner::User(id),
-                    OpKind::ExtendMany { n },
-                    Request::ExtendMany { items },
-                    now,
-                );
+                let request = if self.permits.is_some() {
+                    Request::SemExtendMany { items }
+                } else {
+                    Request::ExtendMany { items }
+                };
+                self.start(Owner::User(id), OpKind::ExtendMany { n }, request, now);
             }
         }
         self.process(now);
@@ -726,14 +784,22 @@ impl Core {
     /// background, and that must never match a later attempt's grant.
     fn acquire(&mut self, owner: Owner, spec: AcquireSpec, now: Instant) {
         let token = new_token();
-        let request = Request::Acquire {
-            key: spec.key.clone(),
-            token: token.clone(),
-            ttl_ms: ms(spec.ttl),
-            fence: self
-                .fencing
-                .as_ref()
-                .map(|prefix| keys::fence_key(&spec.key, prefix)),
+        let request = match self.permits {
+            Some(permits) => Request::SemAcquire {
+                key: spec.key.clone(),
+                token: token.clone(),
+                ttl_ms: ms(spec.ttl),
+                permits,
+            },
+            None => Request::Acquire {
+                key: spec.key.clone(),
+                token: token.clone(),
+                ttl_ms: ms(spec.ttl),
+                fence: self
+                    .fencing
+                    .as_ref()
+                    .map(|prefix| keys::fence_key(&spec.key, prefix)),
+            },
         };
         if let Some(ack) = spec.replicas {
             let Layout::Single { replicated } = &mut self.layout else {
@@ -822,11 +888,7 @@ impl Core {
     }
 
     fn give_back(&mut self, key: String, token: String, now: Instant) {
-        let request = Request::Release {
-            key: key.clone(),
-            token,
-            publish: true,
-        };
+        let request = self.release_request(key.clone(), token, true);
         self.start(
             Owner::Nobody,
             OpKind::Release { key, open: false },
@@ -848,11 +910,7 @@ impl Core {
             Turn::Open => (true, true),
             Turn::Nobody => (true, false),
         };
-        let request = Request::Release {
-            key: key.clone(),
-            token,
-            publish,
-        };
+        let request = self.release_request(key.clone(), token, publish);
         if open {
             *self.open_releases.entry(key.clone()).or_default() += 1;
         }
@@ -1034,6 +1092,9 @@ impl Core {
                 Outcome::Flag(extended)
             }
             (OpKind::Exists, Reply::Flag(held)) => Outcome::Flag(held),
+            (OpKind::Exists, Reply::Count(held)) => Outcome::Flag(held > 0),
+            (OpKind::Count, Reply::Count(n)) => Outcome::Count(n),
+            (OpKind::Count, Reply::Flag(held)) => Outcome::Count(i64::from(held)),
             (OpKind::ExtendMany { .. }, Reply::Flags(flags)) => {
                 Outcome::Flags(flags.into_iter().map(Ok).collect())
             }
@@ -1166,11 +1227,7 @@ impl Core {
             }
             outcome => {
                 let target = self.conns[conn].target().to_owned();
-                let release = Request::Release {
-                    key: spec.key.clone(),
-                    token,
-                    publish: true,
-                };
+                let release = self.release_request(spec.key.clone(), token, true);
                 let give_back = self.give_back_op(&spec.key, now);
                 self.conns[conn].submit(tag(give_back, 0), release, now);
                 let err = match outcome {
@@ -1346,6 +1403,11 @@ impl Core {
                 Ok(held) => Outcome::Flag(held.is_some()),
                 Err(err) => Outcome::Failed(err),
             },
+            // Semaphores (the only users of Count) are not made over Redlock.
+            OpKind::Count => match tally.outcome("count the lock", false) {
+                Ok(held) => Outcome::Count(i64::from(held.is_some())),
+                Err(err) => Outcome::Failed(err),
+            },
             OpKind::ExtendMany { .. } => Outcome::Flags(
                 items
                     .into_iter()
@@ -1369,11 +1431,7 @@ impl Core {
     /// A release on one master, behind whatever that master's socket has queued.
     fn give_back_on(&mut self, conn: usize, key: String, token: String, now: Instant) {
         let op = self.give_back_op(&key, now);
-        let request = Request::Release {
-            key,
-            token,
-            publish: true,
-        };
+        let request = self.release_request(key, token, true);
         self.conns[conn].submit(tag(op, 0), request, now);
     }
 
@@ -1508,7 +1566,8 @@ impl Core {
         let Some(conn) = self.cluster_conn(host, *port, now) else {
             return;
         };
-        let Request::Release { key, .. } = &answer.request else {
+        let (Request::Release { key, .. } | Request::SemRelease { key, .. }) = &answer.request
+        else {
             return;
         };
         let op = self.give_back_op(key, now);

@@ -1121,3 +1121,61 @@ fn redlock_votes_are_told_when_asked_for_and_when_a_master_failed() {
             .all(|v| matches!(v.answer, VoteAnswer::Refused | VoteAnswer::Pending))
     );
 }
+
+#[test]
+fn a_semaphore_core_takes_permits_by_script_and_gives_back_a_lost_one_as_a_permit() {
+    let mut h = Harness::single();
+    h.core.set_semaphore(3).unwrap();
+    h.open_all();
+    h.core.call(
+        1,
+        Call::Acquire {
+            spec: spec("sem"),
+            retry: None,
+        },
+        h.now,
+    );
+    let sent = h.commands(0);
+    assert_eq!(sent[0][0], "EVALSHA");
+    assert_eq!(sent[0][1], crate::scripts::Script::SemAcquire.sha());
+    assert_eq!(&sent[0][2..4], ["1", "sem"]);
+    assert_eq!(sent[0][6], "3", "the permits go with every acquire");
+    let token = sent[0][4].clone();
+    h.answer(0, &[b":1\r\n"]);
+    let done = h.done();
+    assert!(
+        matches!(&done[..], [(1, Outcome::Granted(g))] if g.token == token && g.fence.is_none()),
+        "{done:?}"
+    );
+    // An acquire whose reply never comes is given back as a permit, not as a lock.
+    h.core.call(
+        2,
+        Call::Acquire {
+            spec: spec("sem"),
+            retry: None,
+        },
+        h.now,
+    );
+    let lost = h.commands(0)[0][4].clone();
+    let epoch = h.epoch(0);
+    h.core.socket_closed(0, epoch, "reset", h.now);
+    h.epochs[0] = None;
+    h.open_all();
+    let written = h.commands(0);
+    assert_eq!(written[0][1], crate::scripts::Script::SemRelease.sha());
+    assert_eq!(written[0][4], lost);
+    // Count and Exists read live permits.
+    h.core.call(3, Call::Count { key: "sem".into() }, h.now);
+    let sent = h.commands(0);
+    assert_eq!(
+        sent.last().unwrap()[1],
+        crate::scripts::Script::SemCount.sha()
+    );
+}
+
+#[test]
+fn a_semaphore_over_redlock_is_refused() {
+    let mut h = Harness::redlock(3);
+    let err = h.core.set_semaphore(2).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported);
+}

@@ -90,6 +90,8 @@ pub struct LockerOptions {
     pub on_extended: Option<crate::leases::ExtendedCallback>,
     /// Told what an operator may want to know (see `notice`).
     pub on_notice: Option<NoticeCallback>,
+    /// A semaphore of this many permits per key, not a lock (see `Core::set_semaphore`).
+    pub semaphore: Option<u32>,
     /// Share of the ttl set aside for clock drift: a lease's deadline is its send time + ttl -
     /// (ttl * drift_factor + 2 ms). Redlock's validity time uses the same margin.
     pub drift_factor: f64,
@@ -106,6 +108,7 @@ impl Default for LockerOptions {
             on_lost: None,
             on_extended: None,
             on_notice: None,
+            semaphore: None,
             drift_factor: DEFAULT_DRIFT_FACTOR,
             runtime: None,
             transport: Transport::Runtime,
@@ -316,13 +319,13 @@ impl Locker {
         };
         let now = Instant::now();
         let fencing = options.fencing.then(|| options.key_prefix.clone());
-        let core = Core::new(&topology, fencing.clone(), options.drift_factor, now)?;
-        let background = Arc::new(Awaited::new(Core::new(
-            &topology,
-            fencing,
-            options.drift_factor,
-            now,
-        )?));
+        let mut core = Core::new(&topology, fencing.clone(), options.drift_factor, now)?;
+        let mut background_core = Core::new(&topology, fencing, options.drift_factor, now)?;
+        if let Some(permits) = options.semaphore {
+            core.set_semaphore(permits)?;
+            background_core.set_semaphore(permits)?;
+        }
+        let background = Arc::new(Awaited::new(background_core));
         let sources: Vec<Endpoint> = (0..core.conn_count())
             .map(|i| core.endpoint(i).clone())
             .collect();
@@ -394,7 +397,7 @@ impl Locker {
                 sentinel_watch: OnceLock::new(),
                 runtime: runtime.clone(),
                 closed,
-                fencing: options.fencing,
+                fencing: options.fencing && options.semaphore.is_none(),
                 target,
                 on_notice: options.on_notice.clone(),
             }

@@ -43,6 +43,80 @@ for i = 1, #KEYS do
 end
 return extended"#;
 
+// ---- semaphores -------------------------------------------------------------------------------
+// One sorted set per semaphore: member = a permit's token, score = its expiry in ms by the
+// server's clock (`TIME`, never the client's). Expired permits are dropped whenever the set is
+// touched; the key itself expires with its last permit, so nothing outlives the leases.
+
+/// Takes a permit if fewer than `permits` are held. KEYS: the semaphore. ARGV: token, ttl ms,
+/// permits. Returns 1 if taken, else 0.
+pub(crate) const SEM_ACQUIRE_SOURCE: &str = r#"local t = redis.call("time")
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call("zremrangebyscore", KEYS[1], "-inf", now)
+if redis.call("zcard", KEYS[1]) >= tonumber(ARGV[3]) then
+  return 0
+end
+redis.call("zadd", KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+local last = redis.call("zrange", KEYS[1], -1, -1, "WITHSCORES")
+redis.call("pexpire", KEYS[1], math.max(1, tonumber(last[2]) - now))
+return 1"#;
+
+/// Gives a permit back, then tells waiters one is free. KEYS: the semaphore. ARGV: token,
+/// release channel ("" when handing it to a waiter whose attempt follows). Returns 0 if the token
+/// held no live permit, else 1 + the number of subscribers told.
+pub(crate) const SEM_RELEASE_SOURCE: &str = r#"local t = redis.call("time")
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local score = redis.call("zscore", KEYS[1], ARGV[1])
+if not score then
+  return 0
+end
+redis.call("zrem", KEYS[1], ARGV[1])
+if tonumber(score) <= now then
+  return 0
+end
+if ARGV[2] ~= "" then
+  return 1 + redis.call("publish", ARGV[2], "")
+end
+return 1"#;
+
+/// Sets a live permit's expiry to now + ttl; never revives an expired one. KEYS: the semaphore.
+/// ARGV: token, ttl ms. Returns 1 if extended, else 0.
+pub(crate) const SEM_EXTEND_SOURCE: &str = r#"local t = redis.call("time")
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local score = redis.call("zscore", KEYS[1], ARGV[1])
+if not score or tonumber(score) <= now then
+  if score then redis.call("zrem", KEYS[1], ARGV[1]) end
+  return 0
+end
+redis.call("zadd", KEYS[1], "XX", now + tonumber(ARGV[2]), ARGV[1])
+local last = redis.call("zrange", KEYS[1], -1, -1, "WITHSCORES")
+redis.call("pexpire", KEYS[1], math.max(1, tonumber(last[2]) - now))
+return 1"#;
+
+/// `SEM_EXTEND` for many permits in one round trip (auto-extension). KEYS: semaphore 1..n.
+/// ARGV: token 1, ttl ms 1, ..., token n, ttl ms n. Returns 1/0 per permit.
+pub(crate) const SEM_EXTEND_MANY_SOURCE: &str = r#"local t = redis.call("time")
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local extended = {}
+for i = 1, #KEYS do
+  local score = redis.call("zscore", KEYS[i], ARGV[2 * i - 1])
+  if score and tonumber(score) > now then
+    redis.call("zadd", KEYS[i], "XX", now + tonumber(ARGV[2 * i]), ARGV[2 * i - 1])
+    local last = redis.call("zrange", KEYS[i], -1, -1, "WITHSCORES")
+    redis.call("pexpire", KEYS[i], math.max(1, tonumber(last[2]) - now))
+    extended[i] = 1
+  else
+    if score then redis.call("zrem", KEYS[i], ARGV[2 * i - 1]) end
+    extended[i] = 0
+  end
+end
+return extended"#;
+
+/// How many live permits are held. KEYS: the semaphore. Read-only.
+pub(crate) const SEM_COUNT_SOURCE: &str = r#"local t = redis.call("time")
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call("zcount", KEYS[1], "(" .. now, "+inf")"#;
+
 /// One of the scripts, as a request names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Script {
@@ -50,14 +124,24 @@ pub(crate) enum Script {
     Release,
     Extend,
     ExtendMany,
+    SemAcquire,
+    SemRelease,
+    SemExtend,
+    SemExtendMany,
+    SemCount,
 }
 
-static SHAS: LazyLock<[String; 4]> = LazyLock::new(|| {
+static SHAS: LazyLock<[String; 9]> = LazyLock::new(|| {
     [
         ACQUIRE_FENCED_SOURCE,
         RELEASE_SOURCE,
         EXTEND_SOURCE,
         EXTEND_MANY_SOURCE,
+        SEM_ACQUIRE_SOURCE,
+        SEM_RELEASE_SOURCE,
+        SEM_EXTEND_SOURCE,
+        SEM_EXTEND_MANY_SOURCE,
+        SEM_COUNT_SOURCE,
     ]
     .map(|source| redis::Script::new(source).get_hash().to_owned())
 });
@@ -69,6 +153,11 @@ impl Script {
             Script::Release => RELEASE_SOURCE,
             Script::Extend => EXTEND_SOURCE,
             Script::ExtendMany => EXTEND_MANY_SOURCE,
+            Script::SemAcquire => SEM_ACQUIRE_SOURCE,
+            Script::SemRelease => SEM_RELEASE_SOURCE,
+            Script::SemExtend => SEM_EXTEND_SOURCE,
+            Script::SemExtendMany => SEM_EXTEND_MANY_SOURCE,
+            Script::SemCount => SEM_COUNT_SOURCE,
         }
     }
 
@@ -78,7 +167,7 @@ impl Script {
     }
 
     /// Its bit in a connection's set of scripts the server has cached.
-    pub(crate) fn bit(self) -> u8 {
-        1 << (self as u8)
+    pub(crate) fn bit(self) -> u16 {
+        1 << (self as u16)
     }
 }

@@ -153,6 +153,8 @@ struct Sent {
 struct GiveBack {
     key: String,
     token: String,
+    /// A semaphore's permit (else a lock).
+    semaphore: bool,
     /// Past this, the lock expired anyway.
     until: Instant,
 }
@@ -167,7 +169,7 @@ pub(crate) struct Conn {
     out: Vec<u8>,
     decoder: Decoder,
     /// Scripts this socket's server has cached (`Script::bit`).
-    scripts: u8,
+    scripts: u16,
     /// SCRIPT LOAD was refused: scripts go as EVAL.
     eval_only: bool,
     give_backs: Vec<GiveBack>,
@@ -254,8 +256,13 @@ impl Conn {
     }
 
     /// Sends `request` ahead of everything queued and nobody waits for its reply: a give-back.
-    fn give_back(&mut self, key: String, token: String, until: Instant) {
-        self.give_backs.push(GiveBack { key, token, until });
+    fn give_back(&mut self, key: String, token: String, semaphore: bool, until: Instant) {
+        self.give_backs.push(GiveBack {
+            key,
+            token,
+            semaphore,
+            until,
+        });
     }
 
     /// Whether the transport should open a socket now.
@@ -537,11 +544,8 @@ impl Conn {
         self.retry_at = None;
         for give_back in std::mem::take(&mut self.give_backs) {
             if give_back.until > now {
-                let request = Request::Release {
-                    key: give_back.key,
-                    token: give_back.token,
-                    publish: true,
-                };
+                let request =
+                    Request::give_back(give_back.semaphore, give_back.key, give_back.token);
                 self.write(Purpose::Internal, request, now);
             }
         }
@@ -614,7 +618,7 @@ impl Conn {
                     });
                 }
                 self.scripts &= !script.bit();
-                if let Request::Release { publish, .. } = &mut sent.request {
+                if let Some(publish) = sent.request.publish_flag() {
                     // A hand-over release re-sent runs after the waiter's attempt that was to
                     // follow it: made in the open, it wakes that waiter (and any other).
                     *publish = true;
@@ -626,7 +630,9 @@ impl Conn {
             let redirected_tag = match (&sent.purpose, &sent.request) {
                 (Purpose::Call(tag), _) => Some(*tag),
                 // A give-back whose slot moved: the core sends it on.
-                (Purpose::Internal, Request::Release { .. }) => Some(UNOWNED),
+                (Purpose::Internal, Request::Release { .. } | Request::SemRelease { .. }) => {
+                    Some(UNOWNED)
+                }
                 _ => None,
             };
             if let Some((ask, slot, host, port)) = redirect(&code, err.details())
@@ -809,13 +815,18 @@ impl Conn {
                 (Purpose::Call(_), request) if request.acquired_lock().is_some() => {
                     if let Some((key, token, ttl_ms)) = request.acquired_lock() {
                         let until = sent.sent_at + Duration::from_millis(ttl_ms);
-                        self.give_back(key.to_owned(), token.to_owned(), until);
+                        let semaphore = request.is_semaphore();
+                        self.give_back(key.to_owned(), token.to_owned(), semaphore, until);
                     }
                 }
-                (Purpose::Internal, Request::Release { key, token, .. }) => {
+                (
+                    Purpose::Internal,
+                    Request::Release { key, token, .. } | Request::SemRelease { key, token, .. },
+                ) => {
                     // A give-back whose reply never came: it may not have run.
                     let until = sent.sent_at + self.settings.command_timeout * 10;
-                    self.give_back(key.clone(), token.clone(), until);
+                    let semaphore = sent.request.is_semaphore();
+                    self.give_back(key.clone(), token.clone(), semaphore, until);
                 }
                 _ => {}
             }

@@ -44,6 +44,31 @@ pub(crate) enum Request {
     Exists {
         key: String,
     },
+    /// A semaphore's permit (see `scripts`): taken if fewer than `permits` are held.
+    SemAcquire {
+        key: String,
+        token: String,
+        ttl_ms: u64,
+        permits: u32,
+    },
+    /// Gives a permit back; `publish` as for `Release`.
+    SemRelease {
+        key: String,
+        token: String,
+        publish: bool,
+    },
+    SemExtend {
+        key: String,
+        token: String,
+        ttl_ms: u64,
+    },
+    SemExtendMany {
+        items: Vec<ExtendItem>,
+    },
+    /// Live permits held.
+    SemCount {
+        key: String,
+    },
     /// `WAIT replicas timeout`.
     Wait {
         replicas: u32,
@@ -96,6 +121,11 @@ impl Request {
             Request::Release { .. } => Some(Script::Release),
             Request::Extend { .. } => Some(Script::Extend),
             Request::ExtendMany { .. } => Some(Script::ExtendMany),
+            Request::SemAcquire { .. } => Some(Script::SemAcquire),
+            Request::SemRelease { .. } => Some(Script::SemRelease),
+            Request::SemExtend { .. } => Some(Script::SemExtend),
+            Request::SemExtendMany { .. } => Some(Script::SemExtendMany),
+            Request::SemCount { .. } => Some(Script::SemCount),
             _ => None,
         }
     }
@@ -106,8 +136,14 @@ impl Request {
             Request::Acquire { key, .. }
             | Request::Release { key, .. }
             | Request::Extend { key, .. }
-            | Request::Exists { key } => Some(key),
-            Request::ExtendMany { items } => items.first().map(|i| i.key.as_str()),
+            | Request::Exists { key }
+            | Request::SemAcquire { key, .. }
+            | Request::SemRelease { key, .. }
+            | Request::SemExtend { key, .. }
+            | Request::SemCount { key } => Some(key),
+            Request::ExtendMany { items } | Request::SemExtendMany { items } => {
+                items.first().map(|i| i.key.as_str())
+            }
             _ => None,
         }
     }
@@ -117,7 +153,47 @@ impl Request {
         match self {
             Request::Acquire {
                 key, token, ttl_ms, ..
+            }
+            | Request::SemAcquire {
+                key, token, ttl_ms, ..
             } => Some((key, token, *ttl_ms)),
+            _ => None,
+        }
+    }
+
+    /// Whether this request is about a semaphore (its give-backs and releases are too).
+    pub(crate) fn is_semaphore(&self) -> bool {
+        matches!(
+            self,
+            Request::SemAcquire { .. }
+                | Request::SemRelease { .. }
+                | Request::SemExtend { .. }
+                | Request::SemExtendMany { .. }
+                | Request::SemCount { .. }
+        )
+    }
+
+    /// The release that gives back what `acquired_lock` names: of a lock, or of a permit.
+    pub(crate) fn give_back(semaphore: bool, key: String, token: String) -> Request {
+        if semaphore {
+            Request::SemRelease {
+                key,
+                token,
+                publish: true,
+            }
+        } else {
+            Request::Release {
+                key,
+                token,
+                publish: true,
+            }
+        }
+    }
+
+    /// The release's `publish` flag, for a release of either kind.
+    pub(crate) fn publish_flag(&mut self) -> Option<&mut bool> {
+        match self {
+            Request::Release { publish, .. } | Request::SemRelease { publish, .. } => Some(publish),
             _ => None,
         }
     }
@@ -185,7 +261,7 @@ impl Request {
                     &[token.as_bytes(), ttl.as_bytes()],
                 );
             }
-            Request::ExtendMany { items } => {
+            Request::ExtendMany { items } | Request::SemExtendMany { items } => {
                 let ttls: Vec<String> = items.iter().map(|i| i.ttl_ms.to_string()).collect();
                 let keys: Vec<&[u8]> = items.iter().map(|i| i.key.as_bytes()).collect();
                 let args: Vec<&[u8]> = items
@@ -193,7 +269,54 @@ impl Request {
                     .zip(&ttls)
                     .flat_map(|(i, ttl)| [i.token.as_bytes(), ttl.as_bytes()])
                     .collect();
-                return script_call(out, Script::ExtendMany, with_source, &keys, &args);
+                let script = self.script().unwrap_or(Script::ExtendMany);
+                return script_call(out, script, with_source, &keys, &args);
+            }
+            Request::SemAcquire {
+                key,
+                token,
+                ttl_ms,
+                permits,
+            } => {
+                let (ttl, permits) = (ttl_ms.to_string(), permits.to_string());
+                return script_call(
+                    out,
+                    Script::SemAcquire,
+                    with_source,
+                    &[key.as_bytes()],
+                    &[token.as_bytes(), ttl.as_bytes(), permits.as_bytes()],
+                );
+            }
+            Request::SemRelease {
+                key,
+                token,
+                publish,
+            } => {
+                let channel = if *publish {
+                    keys::released_channel(key)
+                } else {
+                    String::new()
+                };
+                return script_call(
+                    out,
+                    Script::SemRelease,
+                    with_source,
+                    &[key.as_bytes()],
+                    &[token.as_bytes(), channel.as_bytes()],
+                );
+            }
+            Request::SemExtend { key, token, ttl_ms } => {
+                let ttl = ttl_ms.to_string();
+                return script_call(
+                    out,
+                    Script::SemExtend,
+                    with_source,
+                    &[key.as_bytes()],
+                    &[token.as_bytes(), ttl.as_bytes()],
+                );
+            }
+            Request::SemCount { key } => {
+                return script_call(out, Script::SemCount, with_source, &[key.as_bytes()], &[]);
             }
             Request::Exists { key } => vec![b"EXISTS", key.as_bytes()],
             Request::Wait {
@@ -238,16 +361,27 @@ impl Request {
                 Value::Nil => Ok(Reply::Acquired(None)),
                 other => unexpected(&other),
             },
-            Request::Release { .. } => match value {
+            Request::SemAcquire { .. } => match value {
+                Value::Int(1) => Ok(Reply::Acquired(Some(None))),
+                Value::Int(0) => Ok(Reply::Acquired(None)),
+                other => unexpected(&other),
+            },
+            Request::SemCount { .. } => match value {
+                Value::Int(n) if n >= 0 => Ok(Reply::Count(n)),
+                other => unexpected(&other),
+            },
+            Request::Release { .. } | Request::SemRelease { .. } => match value {
                 Value::Int(0) => Ok(Reply::Released(None)),
                 Value::Int(n) if n >= 1 => Ok(Reply::Released(Some(n - 1))),
                 other => unexpected(&other),
             },
-            Request::Extend { .. } | Request::Exists { .. } => match value {
-                Value::Int(n @ (0 | 1)) => Ok(Reply::Flag(n == 1)),
-                other => unexpected(&other),
-            },
-            Request::ExtendMany { items } => match value {
+            Request::Extend { .. } | Request::Exists { .. } | Request::SemExtend { .. } => {
+                match value {
+                    Value::Int(n @ (0 | 1)) => Ok(Reply::Flag(n == 1)),
+                    other => unexpected(&other),
+                }
+            }
+            Request::ExtendMany { items } | Request::SemExtendMany { items } => match value {
                 Value::Array(values) if values.len() == items.len() => values
                     .iter()
                     .map(|v| match v {
