@@ -19,7 +19,9 @@
 //                     client reset the connection meanwhile: an RST discards them).
 //   blackhole('down') server bytes are read and dropped: the server executes the commands, the
 //                     replies are lost for good. Also applies to bytes still in flight (delayed
-//                     by latency) when the blackhole starts.
+//                     by latency) when the blackhole starts. heal() resets (RST) each connection
+//                     that lost bytes: TCP never resumes a stream with a hole in it, and a RESP
+//                     stream that did would pair later replies with the wrong requests.
 //   blackhole('both') both of the above. New connections are accepted and never answered.
 //   drop()            new connections are accepted and reset (RST) at once; open ones go on.
 //   cut()             every open connection is reset (RST), on both sides; new ones go on.
@@ -82,6 +84,8 @@ class Pipe {
     this.nextFree = 0;
     /** the destination's write buffer is full: wait for 'drain' */
     this.congested = false;
+    /** bytes were dropped (blackhole 'down'): the stream has a hole */
+    this.lost = false;
     /** the source sent FIN: pass it on once everything before it is gone */
     this.sourceEnded = false;
     /** @type {NodeJS.Timeout | null} */
@@ -103,7 +107,10 @@ class Pipe {
   /** @param {Buffer} data */
   onData(data) {
     if (this.closed) return;
-    if (this.direction === 'down' && this.fault.dropDown) return;
+    if (this.direction === 'down' && this.fault.dropDown) {
+      this.lost = true;
+      return;
+    }
     if (this.direction === 'up' && this.fault.holdUp) {
       this.held.push(data);
       return;
@@ -140,6 +147,7 @@ class Pipe {
     }
     while (this.queue.length > 0 && !this.congested && !this.fault.halfOpen) {
       if (this.direction === 'down' && this.fault.dropDown) {
+        this.lost = true;
         this.queue = [];
         break;
       }
@@ -370,9 +378,18 @@ export class FaultProxy {
     return this;
   }
 
-  /** Clears every fault; held bytes are forwarded, paused connections resume. */
+  /**
+   * Clears every fault; held bytes are forwarded, paused connections resume, and connections
+   * that lost bytes to blackhole('down') are reset.
+   */
   heal() {
     Object.assign(this.#fault, { latencyMs: 0, bytesPerSecond: Infinity, holdUp: false, dropDown: false, halfOpen: false, refuse: false });
+    for (const link of [...this.#links]) {
+      if (link.down.lost) {
+        link.cut();
+        this.#links.delete(link);
+      }
+    }
     this.#refresh();
     return this;
   }
