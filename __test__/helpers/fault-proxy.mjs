@@ -19,7 +19,7 @@
 //                     client reset the connection meanwhile: an RST discards them).
 //   blackhole('down') server bytes are read and dropped: the server executes the commands, the
 //                     replies are lost for good. Also applies to bytes still in flight (delayed
-//                     by latency) when the blackhole starts. heal() resets (RST) each connection
+//                     by latency) when the blackhole starts. heal() closes each connection
 //                     that lost bytes: TCP never resumes a stream with a hole in it, and a RESP
 //                     stream that did would pair later replies with the wrong requests.
 //   blackhole('both') both of the above. New connections are accepted and never answered.
@@ -380,13 +380,15 @@ export class FaultProxy {
 
   /**
    * Clears every fault; held bytes are forwarded, paused connections resume, and connections
-   * that lost bytes to blackhole('down') are reset.
+   * that lost bytes to blackhole('down') are closed.
    */
   heal() {
     Object.assign(this.#fault, { latencyMs: 0, bytesPerSecond: Infinity, holdUp: false, dropDown: false, halfOpen: false, refuse: false });
     for (const link of [...this.#links]) {
       if (link.down.lost) {
-        link.cut();
+        // Closed rather than reset: resetAndDestroy() here left Node 20 spinning at exit
+        // (Environment::CleanupHandles), waiting on a request of the reset socket.
+        link.destroy();
         this.#links.delete(link);
       }
     }
