@@ -14,22 +14,11 @@ import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Lock, LockAcquireError, LockConnectionError, LockLostError } from 'simple-distributed-lock';
 import { RedisServer } from './helpers/redis-server.mjs';
+import { until } from './helpers/until.mjs';
 import { startIndependentMasters, stopAll } from './helpers/topology.mjs';
 
 const OPS = ['acquire', 'release', 'extend', 'isLocked', 'using'];
 const PHASES = /** @type {const} */ (['start', 'end', 'asyncStart', 'asyncEnd', 'error']);
-
-/**
- * Polls `condition` every 10 ms until it holds.
- * @param {string} what @param {number} timeoutMs @param {() => boolean | Promise<boolean>} condition
- */
-async function until(what, timeoutMs, condition) {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(10);
-  }
-}
 
 /** @type {RedisServer} */
 let server;
@@ -74,9 +63,25 @@ function record() {
   };
 }
 
-/** Everything published, as text (errors with their message, stack and own fields). @param {unknown} value */
+/**
+ * Everything published, as text: every own property, enumerable or not (an error's `cause`,
+ * `errors`, `message`, `stack`), all the way down.
+ * @param {unknown} value
+ */
 function asText(value) {
-  return JSON.stringify(value, (_, v) => (v instanceof Error ? { ...v, message: v.message, stack: v.stack } : v));
+  const seen = new Set();
+  /** @param {unknown} v @returns {unknown} */
+  const walk = (v) => {
+    if (v === null || typeof v !== 'object') return typeof v === 'function' ? `[function ${v.name}]` : v;
+    if (seen.has(v)) return '[seen]';
+    seen.add(v);
+    if (Array.isArray(v)) return v.map(walk);
+    /** @type {Record<string, unknown>} */
+    const out = {};
+    for (const key of Object.getOwnPropertyNames(v)) out[key] = walk(/** @type {any} */ (v)[key]);
+    return out;
+  };
+  return JSON.stringify(walk(value));
 }
 
 test('acquire: granted, refused and failing calls publish their context, without the token', async () => {
@@ -219,6 +224,47 @@ test('using: its acquire and release nest inside it; refusal carries attempts an
     rec.stop();
     await lock.close();
     await other.close();
+  }
+});
+
+test("no token in a published error: a lease's LockLostError as the cause of Node's AbortError, and as another acquire's signal reason", async () => {
+  const lock = new Lock(server.url);
+  const rec = record();
+  try {
+    let token = '';
+    // fn awaits a timer with the lease's signal: Node rejects it with an AbortError whose cause is
+    // the LockLostError (and its token).
+    const err = await lock
+      .using(
+        'scrub',
+        async (signal, lease) => {
+          token = lease.token;
+          await raw.del('lock:scrub');
+          await sleep(10000, undefined, { signal });
+        },
+        { ttl: 400, autoExtend: true },
+      )
+      .catch((e) => e);
+    assert.equal(err.name, 'AbortError');
+    assert.ok(err.cause instanceof LockLostError && err.cause.token === token, 'the caller gets the real error');
+    const published = rec.of('using', 'error').at(-1);
+    assert.equal(published?.error.name, 'AbortError');
+    assert.ok(published?.error.cause instanceof LockLostError, 'the published copy keeps its shape');
+    // An acquire waiting with another lease's signal rejects with that lease's LockLostError.
+    const outer = await lock.acquireLease('scrub-outer', { ttl: 400, autoExtend: true });
+    assert.ok(outer);
+    const held = await new Lock(server.url).acquire('scrub-inner', { ttl: 5000 });
+    assert.ok(held);
+    const waiting = lock.acquire('scrub-inner', { retryCount: Infinity, retryDelay: 50, signal: outer.signal }).catch((e) => e);
+    await raw.del('lock:scrub-outer');
+    const inner = await waiting;
+    assert.ok(inner instanceof LockLostError && inner.token === outer.token);
+    const acquireError = rec.of('acquire', 'error').at(-1);
+    assert.ok(acquireError?.error instanceof LockLostError);
+    for (const secret of [token, outer.token]) assert.ok(!asText(rec.events).includes(secret), 'no token anywhere in what was published');
+  } finally {
+    rec.stop();
+    await lock.close();
   }
 });
 

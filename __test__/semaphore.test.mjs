@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Lock, Semaphore, LockAcquireError, LockLostError, LockUnsupportedError } from 'simple-distributed-lock';
 import { RedisServer } from './helpers/redis-server.mjs';
+import { until } from './helpers/until.mjs';
 import { runWorkers } from './helpers/workers.mjs';
 import { startIndependentMasters, stopAll } from './helpers/topology.mjs';
 
@@ -24,15 +25,6 @@ before(async () => {
 after(async () => {
   await server.stop();
 });
-
-/** @param {string} what @param {number} timeoutMs @param {() => boolean | Promise<boolean>} condition */
-async function until(what, timeoutMs, condition) {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(10);
-  }
-}
 
 test('3 permits, 6 processes x 30 sections: never more than 3 inside at once, every section ran', async () => {
   await raw.del('sem:inside', 'sem:max', 'sem:sections');

@@ -328,7 +328,6 @@ class Lock {
         c.outcome = 'completed';
         c.result = undefined;
       },
-      (err) => (err instanceof LockAcquireError ? err : withoutToken(err)),
     );
   }
 
@@ -432,12 +431,17 @@ class Lock {
     this.#leases.delete(token);
     const resource = lease ? lease.resource : key.slice(this.#keyPrefix.length);
     const error = new LockLostError(resource, token, /** @type {LockLostError['kind']} */ (kind), detail);
-    if (kind in this.#lost) this.#lost[/** @type {'not-owner' | 'unreachable' | 'expired' | 'max-hold-time'} */ (kind)]++;
-    this.#native.leaseLost(token);
-    debug('lock on "%s" (%s) lost, %s: %s', resource, this.#server, kind, detail);
-    if (channels.lost.hasSubscribers) channels.lost.publish({ resource, prefix: this.#prefix, server: this.#server, kind, message: error.message });
+    // The holder first: nothing below may keep its signal from aborting.
     if (lease) lease.controller.abort(error);
     if (autoExtended && this.#onLockLost) callSafely(this.#onLockLost, { resource, token, reason: error });
+    if (kind in this.#lost) this.#lost[/** @type {'not-owner' | 'unreachable' | 'expired' | 'max-hold-time'} */ (kind)]++;
+    try {
+      this.#native.leaseLost(token);
+    } catch (err) {
+      warn('counting a lost lock failed', err);
+    }
+    debug('lock on "%s" (%s) lost, %s: %s', resource, this.#server, kind, detail);
+    if (channels.lost.hasSubscribers) channels.lost.publish({ resource, prefix: this.#prefix, server: this.#server, kind, message: error.message });
   }
 
   /**
@@ -613,19 +617,6 @@ function dispatchNotice(lockId, notice) {
   }
 }
 
-/**
- * An error for a tracing context: a `LockLostError` (from `signal.reason`, rethrown by `fn`)
- * holds the owner token, which is never published; a copy without it is.
- * @param {unknown} err
- */
-function withoutToken(err) {
-  if (!(err instanceof LockLostError)) return err;
-  const copy = new LockLostError(err.resource, '', err.kind, '');
-  copy.message = err.message;
-  copy.stack = err.stack;
-  return copy;
-}
-
 /** @param {number} lockId @param {Array<[string, number, number]>} extended */
 function dispatchExtended(lockId, extended) {
   try {
@@ -662,9 +653,13 @@ function callSafely(callback, info) {
 
 /** @param {string} what @param {unknown} err */
 function warn(what, err) {
-  process.emitWarning(`simple-distributed-lock: ${what}: ${err instanceof Error ? err.message : String(err)}`, {
-    code: 'SDL_LOCK_LOST_CALLBACK',
-  });
+  let text;
+  try {
+    text = err instanceof Error ? err.message : String(err);
+  } catch {
+    text = 'an unprintable value';
+  }
+  process.emitWarning(`simple-distributed-lock: ${what}: ${text}`, { code: 'SDL_LOCK_LOST_CALLBACK' });
 }
 
 module.exports = { Lock, semaphoreKind, countPermits };

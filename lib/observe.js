@@ -9,6 +9,7 @@
 
 const dc = require('node:diagnostics_channel');
 const { debuglog } = require('node:util');
+const { LockLostError } = require('./errors');
 
 const NAME = 'simple-distributed-lock';
 
@@ -53,22 +54,62 @@ function traced(tc) {
   );
 }
 
+/** How deep `scrubError` looks through `cause` and `AggregateError.errors`. */
+const SCRUB_DEPTH = 8;
+
+/**
+ * Whether a `LockLostError` (which holds its owner token) is in `err`, its causes or the errors
+ * it aggregates.
+ * @param {unknown} err @param {number} depth @returns {boolean}
+ */
+function holdsLost(err, depth) {
+  if (depth > SCRUB_DEPTH || !(err instanceof Error)) return false;
+  if (err instanceof LockLostError) return true;
+  if (holdsLost(/** @type {{ cause?: unknown }} */ (err).cause, depth + 1)) return true;
+  return err instanceof AggregateError && err.errors.some((e) => holdsLost(e, depth + 1));
+}
+
+/**
+ * A copy of `err` fit to publish: every `LockLostError` in it (itself, its causes, the errors it
+ * aggregates) replaced by one without the token. An error holding none is returned as it is.
+ * @param {unknown} err @param {number} [depth] @returns {unknown}
+ */
+function scrubError(err, depth = 0) {
+  if (!holdsLost(err, depth)) return err;
+  const source = /** @type {Error & { code?: unknown, cause?: unknown }} */ (err);
+  /** @type {Error & { code?: unknown }} */
+  let copy;
+  if (source instanceof LockLostError) {
+    copy = new LockLostError(source.resource, '', source.kind, '');
+  } else if (source instanceof AggregateError) {
+    copy = new AggregateError(source.errors.map((e) => scrubError(e, depth + 1)), source.message);
+  } else {
+    copy = new Error(source.message);
+  }
+  copy.name = source.name;
+  copy.message = source.message;
+  copy.stack = source.stack;
+  const code = /** @type {{ code?: unknown }} */ (err).code;
+  if (code !== undefined) copy.code = code;
+  if ('cause' in source) Object.defineProperty(copy, 'cause', { value: scrubError(source.cause, depth + 1), writable: true, configurable: true });
+  return copy;
+}
+
 /**
  * Runs `run()` (which returns a promise) as one traced operation, as `tracePromise` would, except
  * that `settle(ctx, value)` decides what goes into the context (never the raw value, which may
- * hold a token) and `scrub(err)` what error is published.
+ * hold a token) and the error published is `scrubError`'s copy (never a token either).
  * @template T
  * @param {import('node:diagnostics_channel').TracingChannel<any, any>} tc
  * @param {Record<string, unknown>} ctx
  * @param {() => Promise<T>} run
  * @param {(ctx: Record<string, unknown>, value: T) => void} settle
- * @param {(err: unknown) => unknown} [scrub]
  * @returns {Promise<T>}
  */
-function trace(tc, ctx, run, settle, scrub = (e) => e) {
+function trace(tc, ctx, run, settle) {
   const failed = (/** @type {unknown} */ err) => {
     ctx.outcome = 'error';
-    ctx.error = scrub(err);
+    ctx.error = scrubError(err);
     tc.error.publish(ctx);
   };
   return tc.start.runStores(ctx, () => {
@@ -98,4 +139,4 @@ function trace(tc, ctx, run, settle, scrub = (e) => e) {
   });
 }
 
-module.exports = { channels, trace, traced, debug, debugEnabled };
+module.exports = { channels, trace, traced, debug, debugEnabled, scrubError };

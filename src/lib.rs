@@ -293,13 +293,10 @@ impl NativeLocker {
         key: String,
         token: String,
     ) -> Result<PromiseRaw<'env, bool>> {
-        let granted_at = self.settler.metrics().borrow_mut().releasing(&token);
-        self.call(
-            env,
-            Call::Release { key, token },
-            Expect::Flag,
-            Counted::Release { granted_at },
-        )
+        let counted = Counted::Release {
+            token: token.clone(),
+        };
+        self.call(env, Call::Release { key, token }, Expect::Flag, counted)
     }
 
     /// Sets the lock's TTL if `token` owns it. Resolves to whether it did.

@@ -23,9 +23,9 @@ pub(crate) enum Counted {
         ttl: Duration,
         tracked: bool,
     },
-    /// `granted_at`: when this Lock took the lock being released, if it knew of it.
+    /// The lock leaves what is held once the release answers (a failed one leaves it there).
     Release {
-        granted_at: Option<Instant>,
+        token: String,
     },
     Extend {
         token: String,
@@ -163,11 +163,6 @@ impl Metrics {
         }
     }
 
-    /// A release of `token` is made: the lock leaves what is held; when it was taken, if known.
-    pub(crate) fn releasing(&mut self, token: &str) -> Option<Instant> {
-        self.held.remove(token).map(|held| held.at)
-    }
-
     /// A tracked lease was lost (the facade tells).
     pub(crate) fn lost(&mut self, token: &str) {
         self.held.remove(token);
@@ -218,14 +213,18 @@ impl Metrics {
                     _ => self.errors += 1,
                 }
             }
-            Counted::Release { granted_at } => match outcome {
+            Counted::Release { token } => match outcome {
                 Outcome::Flag(true) => {
                     self.released += 1;
-                    if let Some(at) = granted_at {
-                        self.hold.add(now.saturating_duration_since(at), now);
+                    if let Some(held) = self.held.remove(&token) {
+                        self.hold.add(now.saturating_duration_since(held.at), now);
                     }
                 }
-                Outcome::Flag(false) => self.released_not_owner += 1,
+                Outcome::Flag(false) => {
+                    self.released_not_owner += 1;
+                    self.held.remove(&token);
+                }
+                // Still held, as far as anyone knows: it runs out with its ttl.
                 _ => self.errors += 1,
             },
             Counted::Extend {

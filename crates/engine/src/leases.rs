@@ -435,7 +435,9 @@ async fn extend_batch(shared: Arc<Shared>, batch: Batch) {
     }
     // The scheduler may be asleep until a later entry; let it see the new ones.
     shared.wake.notify_one();
+    // Extends cut short by close() are not failures anyone will retry.
     if let Some((keys, why, retry_in)) = failed
+        && !shared.cancel.is_cancelled()
         && let Some(on_notice) = &shared.on_notice
     {
         on_notice(

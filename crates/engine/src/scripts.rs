@@ -71,6 +71,12 @@ if not score then
   return 0
 end
 redis.call("zrem", KEYS[1], ARGV[1])
+-- The key lives as long as its longest live permit, no longer.
+redis.call("zremrangebyscore", KEYS[1], "-inf", now)
+local last = redis.call("zrange", KEYS[1], -1, -1, "WITHSCORES")
+if last[2] then
+  redis.call("pexpire", KEYS[1], math.max(1, tonumber(last[2]) - now))
+end
 if tonumber(score) <= now then
   return 0
 end

@@ -237,25 +237,32 @@ impl Request {
                 key,
                 token,
                 publish,
+            }
+            | Request::SemRelease {
+                key,
+                token,
+                publish,
             } => {
                 let channel = if *publish {
                     keys::released_channel(key)
                 } else {
                     String::new()
                 };
+                let script = self.script().unwrap_or(Script::Release);
                 return script_call(
                     out,
-                    Script::Release,
+                    script,
                     with_source,
                     &[key.as_bytes()],
                     &[token.as_bytes(), channel.as_bytes()],
                 );
             }
-            Request::Extend { key, token, ttl_ms } => {
+            Request::Extend { key, token, ttl_ms } | Request::SemExtend { key, token, ttl_ms } => {
                 let ttl = ttl_ms.to_string();
+                let script = self.script().unwrap_or(Script::Extend);
                 return script_call(
                     out,
-                    Script::Extend,
+                    script,
                     with_source,
                     &[key.as_bytes()],
                     &[token.as_bytes(), ttl.as_bytes()],
@@ -285,34 +292,6 @@ impl Request {
                     with_source,
                     &[key.as_bytes()],
                     &[token.as_bytes(), ttl.as_bytes(), permits.as_bytes()],
-                );
-            }
-            Request::SemRelease {
-                key,
-                token,
-                publish,
-            } => {
-                let channel = if *publish {
-                    keys::released_channel(key)
-                } else {
-                    String::new()
-                };
-                return script_call(
-                    out,
-                    Script::SemRelease,
-                    with_source,
-                    &[key.as_bytes()],
-                    &[token.as_bytes(), channel.as_bytes()],
-                );
-            }
-            Request::SemExtend { key, token, ttl_ms } => {
-                let ttl = ttl_ms.to_string();
-                return script_call(
-                    out,
-                    Script::SemExtend,
-                    with_source,
-                    &[key.as_bytes()],
-                    &[token.as_bytes(), ttl.as_bytes()],
                 );
             }
             Request::SemCount { key } => {
