@@ -9,6 +9,7 @@ import { spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { performance } from 'node:perf_hooks';
 import { Lock, LockLostError, LockError } from 'simple-distributed-lock';
 import { RedisServer } from './helpers/redis-server.mjs';
 import { runWorkers } from './helpers/workers.mjs';
@@ -109,11 +110,17 @@ test('using + autoExtend: a killed server aborts the signal within ttl plus a se
 
 test('using without autoExtend: the signal aborts at the deadline (ttl minus the margin)', async () => {
   const lock = new Lock(server.url);
+  await lock.isLocked('deadline'); // the connection is open: the SET goes out at once
   const started = Date.now();
+  const startedMono = performance.now();
   await lock.using(
     'deadline',
     async (signal, lease) => {
-      assert.ok(lease.expiresAt <= started + 1000 && lease.expiresAt >= started + 900, `expiresAt ${lease.expiresAt - started}`);
+      // The deadline, on the monotonic clock: before the ttl ends, by the margin (1% + 2 ms).
+      const deadline = performance.now() + lease.remainingMs - startedMono;
+      assert.ok(deadline <= 1000 - 10 && deadline >= 900, `deadline ${deadline} ms after the call`);
+      // expiresAt is the same deadline on the wall clock, which this machine may step meanwhile.
+      assert.ok(Math.abs(lease.expiresAt - (started + deadline)) < 100, `expiresAt ${lease.expiresAt - started}`);
       const reason = await aborted(signal, 5000);
       const at = Date.now() - started;
       assert.ok(at >= 950 && at < 2500, `aborted after ${at} ms`);
