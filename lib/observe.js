@@ -13,8 +13,16 @@ const { LockLostError } = require('./errors');
 
 const NAME = 'simple-distributed-lock';
 
-/** @param {string} op */
-const tracing = (op) => dc.tracingChannel(`${NAME}:${op}`);
+/**
+ * Node 18.0-18.18 have no `tracingChannel` (18.19 and 19.9 added it): there the operations are
+ * not traced, and a stand-in that never has subscribers keeps the package loading.
+ * @param {string} op
+ * @returns {import('node:diagnostics_channel').TracingChannel<any, any>}
+ */
+const tracing = (op) =>
+  typeof dc.tracingChannel === 'function'
+    ? dc.tracingChannel(`${NAME}:${op}`)
+    : /** @type {any} */ ({ hasSubscribers: false });
 
 const channels = {
   acquire: tracing('acquire'),
