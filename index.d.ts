@@ -295,6 +295,38 @@ export declare class Semaphore extends Lock {
   count(resource: string): Promise<number>;
 }
 
+/** v2: options for `new ReadWriteLock(redis, options)`: the Lock's, without fencing. */
+export interface ReadWriteLockOptions extends Omit<LockOptions, 'fencing'> {
+  /** Prefix for Redis keys (default: "rwlock:"). */
+  prefix?: string;
+}
+
+/**
+ * v2: a read-write lock: many readers or one writer per resource. Each holder, reader or writer,
+ * has its own lease (expiring on the server's clock; auto-extension renews readers too), with
+ * the Lock's options, waiting, signal and errors. A writer that waits for readers to leave keeps
+ * new readers out meanwhile, so a steady stream of readers cannot starve it. `acquire`,
+ * `acquireLease` and `using` take the write side; `release`, `extend` and `isLocked` work on
+ * either. Sides carry no fence (`lease.fence` is `null`). Not over Redlock (`LockUnsupportedError`).
+ */
+export declare class ReadWriteLock extends Lock {
+  /**
+   * @throws {TypeError | RangeError} bad arguments
+   * @throws {LockUnsupportedError} Redlock masters
+   */
+  constructor(redis: RedisConnection, options?: ReadWriteLockOptions);
+  /** Takes the read side (shared with readers); `null` if a writer holds or waits for it. */
+  acquireRead(resource: string, opts?: AcquireOptions): Promise<Lease | null>;
+  /** Takes the write side (alone); `null` if anybody holds it. */
+  acquireWrite(resource: string, opts?: AcquireOptions): Promise<Lease | null>;
+  /** `using` on the read side. */
+  usingRead<T>(resource: string, fn: (signal: AbortSignal, lease: Lease) => T | PromiseLike<T>, opts?: AcquireOptions): Promise<T>;
+  /** `using` on the write side. */
+  usingWrite<T>(resource: string, fn: (signal: AbortSignal, lease: Lease) => T | PromiseLike<T>, opts?: AcquireOptions): Promise<T>;
+  /** Holders of `resource` now: 1 while a writer holds it, else the live readers. */
+  count(resource: string): Promise<number>;
+}
+
 /** v2: durations in ms over the last `windowMs` (at most the last 1,024 samples). */
 export interface DurationSummary {
   count: number;

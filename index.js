@@ -4,11 +4,13 @@
 
 const { Lock } = require('./lib/lock');
 const { Semaphore } = require('./lib/semaphore');
+const { ReadWriteLock } = require('./lib/read-write-lock');
 const errors = require('./lib/errors');
 
 module.exports = {
   Lock,
   Semaphore,
+  ReadWriteLock,
   LockError: errors.LockError,
   LockConnectionError: errors.LockConnectionError,
   LockTimeoutError: errors.LockTimeoutError,

@@ -4,6 +4,7 @@ import lib from './index.js';
 export const {
   Lock,
   Semaphore,
+  ReadWriteLock,
   LockError,
   LockConnectionError,
   LockTimeoutError,

@@ -21,17 +21,37 @@ const onExtended = Symbol('onExtended');
 const onNotice = Symbol('onNotice');
 /** `Semaphore#count` reaches the engine through this (not part of the public API). */
 const countPermits = Symbol('countPermits');
-/** What makes a Lock a Semaphore: objects made by `semaphoreKind`, known by identity only. */
-const semaphoreKinds = new WeakSet();
+/** `ReadWriteLock`'s acquires of one side reach the engine through these. */
+const acquireSide = Symbol('acquireSide');
+const usingSide = Symbol('usingSide');
+/**
+ * What makes a Lock a Semaphore or a ReadWriteLock: objects made by `semaphoreKind` or
+ * `readWriteKind`, known by identity only.
+ * @typedef {{ permits?: number, readWrite?: true }} Kind
+ */
+const kinds = new WeakSet();
 const DEFAULT_SEMAPHORE_PREFIX = 'semaphore:';
+const DEFAULT_READ_WRITE_PREFIX = 'rwlock:';
 
 /**
  * For `Semaphore`'s constructor: the engine keeps `permits` permits per resource.
  * @param {number} permits
+ * @returns {Kind}
  */
 function semaphoreKind(permits) {
   const kind = { permits };
-  semaphoreKinds.add(kind);
+  kinds.add(kind);
+  return kind;
+}
+
+/**
+ * For `ReadWriteLock`'s constructor: many readers or one writer per resource.
+ * @returns {Kind}
+ */
+function readWriteKind() {
+  /** @type {Kind} */
+  const kind = { readWrite: true };
+  kinds.add(kind);
   return kind;
 }
 
@@ -57,6 +77,7 @@ let nextLockId = 1;
  * @property {import('./native/native').WaitSettings | null} wait null: v1's single attempt
  * @property {AbortSignal | undefined} signal
  * @property {number | undefined} maxHold ms
+ * @property {boolean} write a ReadWriteLock's write side (its plain acquires take that one)
  */
 
 class Lock {
@@ -83,21 +104,27 @@ class Lock {
   /** Redlock: whether the engine reports every acquire's votes (someone listens on `:quorum`). */
   #votesWanted = false;
   #redlock = false;
+  /** A ReadWriteLock: acquires say which side they take (plain ones the write side). */
+  #readWrite = false;
 
   /**
    * @param {unknown} redis an ioredis instance, a redis:// or rediss:// URL, or an options object
    * @param {unknown} [options]
-   * @param {{ permits: number }} [kind] from `semaphoreKind` (Semaphore's constructor) only
+   * @param {Kind} [kind] from `semaphoreKind` or `readWriteKind` (the subclasses' constructors) only
    */
   constructor(redis, options, kind = undefined) {
     const opts = validate.optionsBag('options', options);
-    const semaphore = kind !== undefined && semaphoreKinds.has(kind) ? /** @type {{ permits: number }} */ (kind) : null;
+    const known = kind !== undefined && kinds.has(kind) ? kind : null;
+    const permits = known?.permits;
+    const readWrite = known?.readWrite === true;
+    this.#readWrite = readWrite;
     this.#ttl = validate.milliseconds('ttl', opts.ttl, DEFAULT_TTL_MS);
-    const prefix = validate.text('prefix', opts.prefix, semaphore ? DEFAULT_SEMAPHORE_PREFIX : DEFAULT_PREFIX);
+    const defaultPrefix = permits !== undefined ? DEFAULT_SEMAPHORE_PREFIX : readWrite ? DEFAULT_READ_WRITE_PREFIX : DEFAULT_PREFIX;
+    const prefix = validate.text('prefix', opts.prefix, defaultPrefix);
     this.#prefix = prefix;
     this.#onLockLost = validate.optionalCallback('onLockLost', opts.onLockLost);
-    // A semaphore's permits carry no fence (lease.fence is null).
-    const fencing = semaphore ? false : validate.flag('fencing', opts.fencing, true);
+    // A semaphore's permits and a read-write lock's sides carry no fence (lease.fence is null).
+    const fencing = known ? false : validate.flag('fencing', opts.fencing, true);
     const driftFactor = validate.fraction('driftFactor', opts.driftFactor, 0.01);
     this.#driftFactor = driftFactor;
     const { topology, keyPrefix } = resolveConnection(redis, opts);
@@ -106,7 +133,7 @@ class Lock {
     try {
       this.#native = new NativeLocker(
         topology,
-        { fencing, driftFactor, keyPrefix: this.#keyPrefix, clockOriginMs: performance.now(), permits: semaphore?.permits },
+        { fencing, driftFactor, keyPrefix: this.#keyPrefix, clockOriginMs: performance.now(), permits, readWrite },
         BY_CODE,
         (lost) => dispatchLost(id, ...lost),
         (extended) => dispatchExtended(id, extended),
@@ -143,9 +170,9 @@ class Lock {
         return this.#take(name, key, o, performance.now(), false).then((grant) => grant.token);
       }
       if (o.signal) {
-        return this.#withSignal(key, o.signal, (cancelId) => this.#native.acquire(key, o.ttl, o.autoExtend, o.wait, cancelId, o.maxHold));
+        return this.#withSignal(key, o.signal, (cancelId) => this.#native.acquire(key, o.ttl, o.autoExtend, o.wait, cancelId, o.maxHold, o.write));
       }
-      return this.#native.acquire(key, o.ttl, o.autoExtend, o.wait, 0, o.maxHold);
+      return this.#native.acquire(key, o.ttl, o.autoExtend, o.wait, 0, o.maxHold, o.write);
     } catch (err) {
       return Promise.reject(fromNative(err));
     }
@@ -157,10 +184,20 @@ class Lock {
    * @param {unknown} [opts]
    * @returns {Promise<Lease | null>}
    */
-  async acquireLease(resource, opts) {
+  acquireLease(resource, opts) {
+    return this[acquireSide](resource, opts, this.#readWrite);
+  }
+
+  /**
+   * `acquireLease` of one side of a ReadWriteLock (`write`; other Locks have one side).
+   * @param {unknown} resource @param {unknown} opts @param {boolean} write
+   * @returns {Promise<Lease | null>}
+   */
+  async [acquireSide](resource, opts, write) {
     const start = performance.now();
     const name = validate.resourceName(resource);
     const o = this.#acquireSettings(opts);
+    o.write = write;
     if (this.#redlock) this.#askForVotes();
     const grant = await this.#take(name, this.#keyPrefix + name, o, start, true);
     return grant.token === null ? null : this.#leaseOf(name, grant);
@@ -189,11 +226,12 @@ class Lock {
     const run = () =>
       this.#withSignal(key, o.signal, (cancelId) =>
         watch
-          ? this.#native.acquireLease(key, o.ttl, o.autoExtend, o.wait, cancelId, o.maxHold)
-          : this.#native.acquireDetailed(key, o.ttl, o.autoExtend, o.wait, cancelId, o.maxHold),
+          ? this.#native.acquireLease(key, o.ttl, o.autoExtend, o.wait, cancelId, o.maxHold, o.write)
+          : this.#native.acquireDetailed(key, o.ttl, o.autoExtend, o.wait, cancelId, o.maxHold, o.write),
       );
     if (!traced(channels.acquire)) return run();
     const ctx = this.#context(name, o);
+    if (this.#readWrite) ctx.side = o.write ? 'write' : 'read';
     return trace(channels.acquire, ctx, run, (c, grant) => {
       c.outcome = grant.token === null ? 'refused' : 'granted';
       c.attempts = grant.attempts;
@@ -311,15 +349,29 @@ class Lock {
    * @param {unknown} [opts]
    * @returns {Promise<T>}
    */
-  async using(resource, fn, opts) {
+  using(resource, fn, opts) {
+    return this[usingSide](resource, fn, opts, this.#readWrite);
+  }
+
+  /**
+   * `using` on one side of a ReadWriteLock (`write`; other Locks have one side).
+   * @template T
+   * @param {unknown} resource
+   * @param {(signal: AbortSignal, lease: Lease) => T | PromiseLike<T>} fn
+   * @param {unknown} opts @param {boolean} write
+   * @returns {Promise<T>}
+   */
+  async [usingSide](resource, fn, opts, write) {
     const start = performance.now();
     const name = validate.resourceName(resource);
     validate.callback('fn', fn);
     const o = this.#acquireSettings(opts);
+    o.write = write;
     if (this.#redlock) this.#askForVotes();
     if (!traced(channels.using)) return this.#using(name, fn, o, start, null);
     /** @type {Record<string, unknown>} */
     const ctx = this.#context(name, o);
+    if (this.#readWrite) ctx.side = write ? 'write' : 'read';
     return trace(
       channels.using,
       ctx,
@@ -558,6 +610,7 @@ class Lock {
           },
       signal,
       maxHold,
+      write: this.#readWrite,
     };
   }
 
@@ -662,4 +715,4 @@ function warn(what, err) {
   process.emitWarning(`simple-distributed-lock: ${what}: ${text}`, { code: 'SDL_LOCK_LOST_CALLBACK' });
 }
 
-module.exports = { Lock, semaphoreKind, countPermits };
+module.exports = { Lock, semaphoreKind, readWriteKind, countPermits, acquireSide, usingSide };

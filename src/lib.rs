@@ -145,6 +145,7 @@ impl NativeLocker {
                     Some(0) => return Err(invalid_arg("permits", "must be a positive integer")),
                     permits => permits,
                 },
+                read_write: options.read_write.unwrap_or(false),
                 drift_factor,
                 runtime: Some(runtime),
                 transport,
@@ -188,11 +189,13 @@ impl NativeLocker {
         wait: Option<WaitSettings>,
         cancel_id: u32,
         max_hold_ms: Option<u32>,
+        write: Option<bool>,
     ) -> Result<PromiseRaw<'env, Option<String>>> {
         let lease = Leasing {
             auto_extend,
             max_hold_ms,
             expect: Expect::Detail,
+            write: write.unwrap_or(false),
         };
         self.take(env, key, ttl_ms, lease, wait, cancel_id)
     }
@@ -240,11 +243,13 @@ impl NativeLocker {
         wait: Option<WaitSettings>,
         cancel_id: u32,
         max_hold_ms: Option<u32>,
+        write: Option<bool>,
     ) -> Result<PromiseRaw<'env, Option<String>>> {
         let lease = Leasing {
             auto_extend,
             max_hold_ms,
             expect: Expect::Token,
+            write: write.unwrap_or(false),
         };
         self.take(env, key, ttl_ms, lease, wait, cancel_id)
     }
@@ -265,11 +270,13 @@ impl NativeLocker {
         wait: Option<WaitSettings>,
         cancel_id: u32,
         max_hold_ms: Option<u32>,
+        write: Option<bool>,
     ) -> Result<PromiseRaw<'env, Option<String>>> {
         let lease = Leasing {
             auto_extend,
             max_hold_ms,
             expect: Expect::Grant,
+            write: write.unwrap_or(false),
         };
         self.take(env, key, ttl_ms, lease, wait, cancel_id)
     }
@@ -378,6 +385,7 @@ impl NativeLocker {
             auto_extend,
             max_hold_ms,
             expect,
+            write,
         } = lease;
         let max_hold = match max_hold_ms {
             None => None,
@@ -400,6 +408,7 @@ impl NativeLocker {
             watch: expect == Expect::Grant,
             replicas,
             max_hold,
+            write,
         };
         let id = self.locker.next_call_id();
         if cancel_id != 0 {
@@ -475,6 +484,8 @@ struct Leasing {
     auto_extend: bool,
     max_hold_ms: Option<u32>,
     expect: Expect,
+    /// A read-write lock's write side (else its read side; other Locks ignore it).
+    write: bool,
 }
 
 /// The core, locked (a panic while it was locked is a bug; its state is still the best there is).

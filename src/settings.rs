@@ -40,6 +40,8 @@ pub struct LockerSettings {
     pub clock_origin_ms: Option<f64>,
     /// A `Semaphore` of this many permits per resource (a positive integer), not a `Lock`.
     pub permits: Option<u32>,
+    /// A `ReadWriteLock`, not a `Lock`: each acquire says which side it takes.
+    pub read_write: Option<bool>,
 }
 
 impl LockerSettings {

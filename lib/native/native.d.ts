@@ -15,7 +15,7 @@ export declare class NativeLocker {
    * Like `acquire`, resolving to `{ token, fence, validForMs, deadline, attempts }` or
    * `{ token: null, attempts }` (what the tracing channels report); the lease is not watched.
    */
-  acquireDetailed(key: string, ttlMs: number, autoExtend: boolean, wait: WaitSettings | undefined | null, cancelId: number, maxHoldMs?: number | undefined | null): Promise<{ token: string, fence: number | null, validForMs: number, deadline: number, attempts: number } | { token: null, attempts: number }>
+  acquireDetailed(key: string, ttlMs: number, autoExtend: boolean, wait: WaitSettings | undefined | null, cancelId: number, maxHoldMs?: number | undefined | null, write?: boolean | undefined | null): Promise<{ token: string, fence: number | null, validForMs: number, deadline: number, attempts: number } | { token: null, attempts: number }>
   /**
    * Redlock: whether every acquire reports each master's vote as a `quorum` notice (by
    * default only those where a master failed or did not answer do).
@@ -32,12 +32,12 @@ export declare class NativeLocker {
    * `cancelId` 0 means not cancellable, else `cancel(cancelId)` stops the wait; `maxHoldMs`:
    * auto-extension stops once the lock has been held that long.
    */
-  acquire(key: string, ttlMs: number, autoExtend: boolean, wait: WaitSettings | undefined | null, cancelId: number, maxHoldMs?: number | undefined | null): Promise<string | null>
+  acquire(key: string, ttlMs: number, autoExtend: boolean, wait: WaitSettings | undefined | null, cancelId: number, maxHoldMs?: number | undefined | null, write?: boolean | undefined | null): Promise<string | null>
   /**
    * Like `acquireDetailed`, and watches the lease so its loss is reported (`deadline` on the
    * clock of `options.clockOriginMs`).
    */
-  acquireLease(key: string, ttlMs: number, autoExtend: boolean, wait: WaitSettings | undefined | null, cancelId: number, maxHoldMs?: number | undefined | null): Promise<{ token: string, fence: number | null, validForMs: number, deadline: number, attempts: number } | { token: null, attempts: number }>
+  acquireLease(key: string, ttlMs: number, autoExtend: boolean, wait: WaitSettings | undefined | null, cancelId: number, maxHoldMs?: number | undefined | null, write?: boolean | undefined | null): Promise<{ token: string, fence: number | null, validForMs: number, deadline: number, attempts: number } | { token: null, attempts: number }>
   /** Stops the waiting acquire registered under `cancelId`, if it still waits. */
   cancel(cancelId: number): void
   /**
@@ -140,6 +140,8 @@ export interface LockerSettings {
   clockOriginMs?: number
   /** A `Semaphore` of this many permits per resource (a positive integer), not a `Lock`. */
   permits?: number
+  /** A `ReadWriteLock`, not a `Lock`: each acquire says which side it takes. */
+  readWrite?: boolean
 }
 
 /** The engine's side of `lock.metrics()` (the facade adds losses and failed auto-extensions). */

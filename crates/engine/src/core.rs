@@ -24,7 +24,7 @@ use crate::notice::{Notice, Vote, VoteAnswer};
 use crate::policy::tally::Tally;
 use crate::policy::wait::{RetryPolicy, Start, Turn, WaitPlan, WaitQueue};
 use crate::proto::conn::{Answer, Answered, Conn, ConnSettings, Tag, UNOWNED};
-use crate::proto::request::{ExtendItem, Reply, Request, SlotRange};
+use crate::proto::request::{ExtendItem, Family, Reply, Request, SlotRange};
 use crate::sentinel::SentinelConfig;
 use crate::token::new_token;
 
@@ -103,6 +103,8 @@ pub struct AcquireSpec {
     pub replicas: Option<ReplicaAck>,
     /// `maxHoldTime`: auto-extension stops once the lock has been held this long.
     pub max_hold: Option<Duration>,
+    /// A read-write lock's write side (else its read side); ignored by other Locks.
+    pub write: bool,
 }
 
 /// A call of the lock API.
@@ -190,6 +192,9 @@ pub enum Event {
 
 /// Most tries of one cluster request across redirections and failover.
 const CLUSTER_TRIES: u8 = 5;
+/// A waiting writer's mark outlives the gap to its next try by this much (the try's round
+/// trip, a busy event loop), so it never lapses while the writer still waits.
+const WRITER_MARK_SLACK: Duration = Duration::from_millis(250);
 /// Pause before trying again after TRYAGAIN, CLUSTERDOWN, LOADING or a missing slot map.
 const CLUSTER_RETRY: Duration = Duration::from_millis(100);
 /// Most cluster nodes a Lock keeps connections to (Redis Cluster's own recommended maximum).
@@ -327,8 +332,9 @@ pub struct Core {
     closed: bool,
     /// Report every Redlock acquire's votes (`Notice::Quorum`), not only those with a failure.
     votes_wanted: bool,
-    /// A semaphore of this many permits per key (see `scripts`), not a lock.
-    permits: Option<u32>,
+    /// What this core's keys hold: locks, semaphores (of `permits` each) or read-write locks.
+    family: Family,
+    permits: u32,
 }
 
 impl Core {
@@ -426,7 +432,8 @@ impl Core {
             command_timeout,
             closed: false,
             votes_wanted: false,
-            permits: None,
+            family: Family::Lock,
+            permits: 1,
         })
     }
 
@@ -563,25 +570,28 @@ impl Core {
                 "a Semaphore needs one master (a server, Sentinel or a cluster), not Redlock",
             ));
         }
-        self.permits = Some(permits.max(1));
+        self.family = Family::Semaphore;
+        self.permits = permits.max(1);
+        self.fencing = None;
+        Ok(())
+    }
+
+    /// Makes every call of this core one on a read-write lock (see `scripts`): an acquire takes
+    /// the side its spec's `write` says; release, extend and `Count` act on either side.
+    pub fn set_read_write(&mut self) -> EngineResult<()> {
+        if self.is_redlock() {
+            return Err(EngineError::new(
+                ErrorKind::Unsupported,
+                "a ReadWriteLock needs one master (a server, Sentinel or a cluster), not Redlock",
+            ));
+        }
+        self.family = Family::ReadWrite;
         self.fencing = None;
         Ok(())
     }
 
     fn release_request(&self, key: String, token: String, publish: bool) -> Request {
-        if self.permits.is_some() {
-            Request::SemRelease {
-                key,
-                token,
-                publish,
-            }
-        } else {
-            Request::Release {
-                key,
-                token,
-                publish,
-            }
-        }
+        Request::release_of(self.family, key, token, publish)
     }
 
     /// Whether every Redlock acquire reports its votes (`Notice::Quorum`); by default only
@@ -617,35 +627,31 @@ impl Core {
             Call::Release { key, token } => self.release(Owner::User(id), key, token, now),
             Call::Extend { key, token, ttl } => {
                 let (token_sent, ttl_ms) = (token.clone(), ms(ttl));
-                let request = if self.permits.is_some() {
-                    Request::SemExtend {
+                let request = match self.family {
+                    Family::Lock => Request::Extend {
                         key,
                         token: token_sent,
                         ttl_ms,
-                    }
-                } else {
-                    Request::Extend {
+                    },
+                    Family::Semaphore => Request::SemExtend {
                         key,
                         token: token_sent,
                         ttl_ms,
-                    }
+                    },
+                    Family::ReadWrite => Request::RwExtend {
+                        key,
+                        token: token_sent,
+                        ttl_ms,
+                    },
                 };
                 self.start(Owner::User(id), OpKind::Extend { token, ttl }, request, now);
             }
             Call::Exists { key } => {
-                let request = if self.permits.is_some() {
-                    Request::SemCount { key }
-                } else {
-                    Request::Exists { key }
-                };
+                let request = self.count_request(key);
                 self.start(Owner::User(id), OpKind::Exists, request, now)
             }
             Call::Count { key } => {
-                let request = if self.permits.is_some() {
-                    Request::SemCount { key }
-                } else {
-                    Request::Exists { key }
-                };
+                let request = self.count_request(key);
                 self.start(Owner::User(id), OpKind::Count, request, now)
             }
             Call::ExtendMany { items } => {
@@ -658,15 +664,24 @@ impl Core {
                         ttl_ms: ms(ttl),
                     })
                     .collect();
-                let request = if self.permits.is_some() {
-                    Request::SemExtendMany { items }
-                } else {
-                    Request::ExtendMany { items }
+                let request = match self.family {
+                    Family::Lock => Request::ExtendMany { items },
+                    Family::Semaphore => Request::SemExtendMany { items },
+                    Family::ReadWrite => Request::RwExtendMany { items },
                 };
                 self.start(Owner::User(id), OpKind::ExtendMany { n }, request, now);
             }
         }
         self.process(now);
+    }
+
+    /// What holds `key` now: `Exists` of a lock, the permits or holders of the others.
+    fn count_request(&self, key: String) -> Request {
+        match self.family {
+            Family::Lock => Request::Exists { key },
+            Family::Semaphore => Request::SemCount { key },
+            Family::ReadWrite => Request::RwCount { key },
+        }
     }
 
     /// Stops a waiting acquire; it ends with a cancelled error. `false` if it was not waiting.
@@ -681,7 +696,15 @@ impl Core {
         if self.open_releases.contains_key(key) {
             return;
         }
-        if let Some(id) = self.waits.heard(key) {
+        if self.family == Family::ReadWrite {
+            let idle = self.waits.idle(key);
+            for &id in &idle {
+                self.attempt(id, now);
+            }
+            if !idle.is_empty() {
+                self.process(now);
+            }
+        } else if let Some(id) = self.waits.heard(key) {
             self.attempt(id, now);
             self.process(now);
         }
@@ -784,14 +807,29 @@ impl Core {
     /// background, and that must never match a later attempt's grant.
     fn acquire(&mut self, owner: Owner, spec: AcquireSpec, now: Instant) {
         let token = new_token();
-        let request = match self.permits {
-            Some(permits) => Request::SemAcquire {
+        let request = match self.family {
+            Family::Semaphore => Request::SemAcquire {
                 key: spec.key.clone(),
                 token: token.clone(),
                 ttl_ms: ms(spec.ttl),
-                permits,
+                permits: self.permits,
             },
-            None => Request::Acquire {
+            Family::ReadWrite => Request::RwAcquire {
+                key: spec.key.clone(),
+                token: token.clone(),
+                ttl_ms: ms(spec.ttl),
+                write: spec.write,
+                // A writer that will try again keeps new readers out meanwhile, a little longer
+                // than its next try is away; a single attempt marks nothing.
+                mark_ms: match owner {
+                    Owner::Waiter(id) if spec.write => self
+                        .waits
+                        .get(id)
+                        .map_or(0, |w| ms(w.poll_gap() + WRITER_MARK_SLACK)),
+                    _ => 0,
+                },
+            },
+            Family::Lock => Request::Acquire {
                 key: spec.key.clone(),
                 token: token.clone(),
                 ttl_ms: ms(spec.ttl),
@@ -902,9 +940,14 @@ impl Core {
     fn release(&mut self, owner: Owner, key: String, token: String, now: Instant) {
         // A waiter acquiring with `replicas` attempts on a connection of its own: nothing would
         // put its attempt behind the release.
-        let turn = self
-            .waits
-            .next_in_line(&key, |spec| spec.replicas.is_none());
+        let turn = if self.family == Family::ReadWrite {
+            // Readers share: no hand-over to one waiter; every release that frees a side is
+            // published, and every waiter here tries when it hears it (`release_heard`).
+            Turn::Nobody
+        } else {
+            self.waits
+                .next_in_line(&key, |spec| spec.replicas.is_none())
+        };
         let (publish, open) = match turn {
             Turn::HandOver(_) => (false, false),
             Turn::Open => (true, true),
@@ -1566,8 +1609,7 @@ impl Core {
         let Some(conn) = self.cluster_conn(host, *port, now) else {
             return;
         };
-        let (Request::Release { key, .. } | Request::SemRelease { key, .. }) = &answer.request
-        else {
+        let Some((key, _)) = answer.request.released_lock() else {
             return;
         };
         let op = self.give_back_op(key, now);

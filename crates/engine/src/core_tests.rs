@@ -128,6 +128,7 @@ fn spec(key: &str) -> AcquireSpec {
         watch: false,
         replicas: None,
         max_hold: None,
+        write: false,
     }
 }
 

@@ -20,6 +20,18 @@ pub fn fence_key(lock_key: &str, prefix: &str) -> String {
     format!("{{{tag}}}:fence:{prefix}")
 }
 
+/// A read-write lock's writer key, beside its readers' set `rw_key`, in the same Cluster slot.
+pub(crate) fn rw_writer_key(rw_key: &str) -> String {
+    let tag = &SLOT_TAGS[usize::from(slot(rw_key))];
+    format!("{{{tag}}}:rw-writer:{rw_key}")
+}
+
+/// A read-write lock's waiting-writer mark (see `scripts`), in the same Cluster slot.
+pub(crate) fn rw_mark_key(rw_key: &str) -> String {
+    let tag = &SLOT_TAGS[usize::from(slot(rw_key))];
+    format!("{{{tag}}}:rw-waiting:{rw_key}")
+}
+
 const RELEASED_PREFIX: &str = "sdl:released:";
 
 /// The channel a v2 release publishes on, so waiters retry at once instead of polling.
@@ -109,6 +121,10 @@ mod tests {
             let fence = fence_key(key, "lock:");
             assert_eq!(slot(&fence), slot(key), "{key} -> {fence}");
             assert_ne!(fence, key);
+            for companion in [rw_writer_key(key), rw_mark_key(key)] {
+                assert_eq!(slot(&companion), slot(key), "{key} -> {companion}");
+                assert_ne!(companion, key);
+            }
         }
         assert_eq!(fence_key("lock:a", "lock:"), fence_key("lock:a", "lock:"));
         assert_ne!(fence_key("lock:a", "lock:"), fence_key("jobs:a", "jobs:"));

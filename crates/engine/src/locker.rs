@@ -92,6 +92,9 @@ pub struct LockerOptions {
     pub on_notice: Option<NoticeCallback>,
     /// A semaphore of this many permits per key, not a lock (see `Core::set_semaphore`).
     pub semaphore: Option<u32>,
+    /// Read-write locks, not locks (see `Core::set_read_write`); the acquire's spec says which
+    /// side.
+    pub read_write: bool,
     /// Share of the ttl set aside for clock drift: a lease's deadline is its send time + ttl -
     /// (ttl * drift_factor + 2 ms). Redlock's validity time uses the same margin.
     pub drift_factor: f64,
@@ -109,6 +112,7 @@ impl Default for LockerOptions {
             on_extended: None,
             on_notice: None,
             semaphore: None,
+            read_write: false,
             drift_factor: DEFAULT_DRIFT_FACTOR,
             runtime: None,
             transport: Transport::Runtime,
@@ -325,6 +329,10 @@ impl Locker {
             core.set_semaphore(permits)?;
             background_core.set_semaphore(permits)?;
         }
+        if options.read_write {
+            core.set_read_write()?;
+            background_core.set_read_write()?;
+        }
         let background = Arc::new(Awaited::new(background_core));
         let sources: Vec<Endpoint> = (0..core.conn_count())
             .map(|i| core.endpoint(i).clone())
@@ -397,7 +405,7 @@ impl Locker {
                 sentinel_watch: OnceLock::new(),
                 runtime: runtime.clone(),
                 closed,
-                fencing: options.fencing && options.semaphore.is_none(),
+                fencing: options.fencing && options.semaphore.is_none() && !options.read_write,
                 target,
                 on_notice: options.on_notice.clone(),
             }
@@ -492,6 +500,7 @@ impl Locker {
                 watch: options.watch,
                 replicas: options.replicas,
                 max_hold: options.max_hold,
+                write: false,
             },
             retry: waits.then_some(retry),
         };

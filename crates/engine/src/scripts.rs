@@ -123,6 +123,126 @@ pub(crate) const SEM_COUNT_SOURCE: &str = r#"local t = redis.call("time")
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 return redis.call("zcount", KEYS[1], "(" .. now, "+inf")"#;
 
+// ---- read-write locks -------------------------------------------------------------------------
+// Per resource: the readers' sorted set at the resource's key (member = a reader's token, score =
+// its expiry in ms by the server's clock, the key living as long as its longest reader), the
+// writer's key (its token, `PX` ttl) and the waiting-writer mark (`PX` a little over the waiting
+// writer's poll interval), both in the resource key's slot (see `keys::rw_writer_key`). The mark
+// keeps new readers out while a writer waits for the readers inside to leave, so a steady stream
+// of readers cannot starve a writer; a writer getting in removes it, and it lapses by itself
+// when the writer stops waiting.
+
+/// Takes the read (ARGV[3] "0") or write ("1") side. KEYS: readers, writer, waiting-writer mark.
+/// ARGV: token, ttl ms, "1" for write, mark ms (a writer that will try again marks itself
+/// waiting for this long when readers are inside; 0: no mark). Returns 1 if taken, else 0.
+pub(crate) const RW_ACQUIRE_SOURCE: &str = r#"if redis.call("exists", KEYS[2]) == 1 then
+  return 0
+end
+local t = redis.call("time")
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call("zremrangebyscore", KEYS[1], "-inf", now)
+if ARGV[3] == "1" then
+  if redis.call("zcard", KEYS[1]) > 0 then
+    if tonumber(ARGV[4]) > 0 then
+      redis.call("set", KEYS[3], ARGV[1], "PX", ARGV[4])
+    end
+    return 0
+  end
+  redis.call("set", KEYS[2], ARGV[1], "PX", ARGV[2])
+  -- The mark did its work (a writer got in); another waiting writer marks again if readers
+  -- beat it to the side this writer frees.
+  redis.call("del", KEYS[3])
+  return 1
+end
+if redis.call("exists", KEYS[3]) == 1 then
+  return 0
+end
+redis.call("zadd", KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+local last = redis.call("zrange", KEYS[1], -1, -1, "WITHSCORES")
+redis.call("pexpire", KEYS[1], math.max(1, tonumber(last[2]) - now))
+return 1"#;
+
+/// Gives back the write side or a read side, whichever the token holds; tells waiters when the
+/// writer or the last reader left. KEYS: readers, writer. ARGV: token, release channel ("" to
+/// tell nobody). Returns 0 if the token held nothing live, else 1 + the subscribers told.
+pub(crate) const RW_RELEASE_SOURCE: &str = r#"if redis.call("get", KEYS[2]) == ARGV[1] then
+  redis.call("del", KEYS[2])
+  if ARGV[2] ~= "" then
+    return 1 + redis.call("publish", ARGV[2], "")
+  end
+  return 1
+end
+local score = redis.call("zscore", KEYS[1], ARGV[1])
+if not score then
+  return 0
+end
+local t = redis.call("time")
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call("zrem", KEYS[1], ARGV[1])
+redis.call("zremrangebyscore", KEYS[1], "-inf", now)
+local last = redis.call("zrange", KEYS[1], -1, -1, "WITHSCORES")
+if last[2] then
+  redis.call("pexpire", KEYS[1], math.max(1, tonumber(last[2]) - now))
+end
+if tonumber(score) <= now then
+  return 0
+end
+if not last[2] and ARGV[2] ~= "" then
+  return 1 + redis.call("publish", ARGV[2], "")
+end
+return 1"#;
+
+/// Sets a live side's expiry to now + ttl; never revives an expired one. KEYS: readers, writer.
+/// ARGV: token, ttl ms. Returns 1 if extended, else 0.
+pub(crate) const RW_EXTEND_SOURCE: &str = r#"if redis.call("get", KEYS[2]) == ARGV[1] then
+  return redis.call("pexpire", KEYS[2], ARGV[2])
+end
+local t = redis.call("time")
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local score = redis.call("zscore", KEYS[1], ARGV[1])
+if not score or tonumber(score) <= now then
+  if score then redis.call("zrem", KEYS[1], ARGV[1]) end
+  return 0
+end
+redis.call("zadd", KEYS[1], "XX", now + tonumber(ARGV[2]), ARGV[1])
+local last = redis.call("zrange", KEYS[1], -1, -1, "WITHSCORES")
+redis.call("pexpire", KEYS[1], math.max(1, tonumber(last[2]) - now))
+return 1"#;
+
+/// `RW_EXTEND` for many sides in one round trip (auto-extension). KEYS: readers 1, writer 1,
+/// ..., readers n, writer n. ARGV: token 1, ttl ms 1, ..., token n, ttl ms n. Returns 1/0 each.
+pub(crate) const RW_EXTEND_MANY_SOURCE: &str = r#"local t = redis.call("time")
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local extended = {}
+for i = 1, #KEYS / 2 do
+  local readers, writer = KEYS[2 * i - 1], KEYS[2 * i]
+  local token, ttl = ARGV[2 * i - 1], ARGV[2 * i]
+  if redis.call("get", writer) == token then
+    extended[i] = redis.call("pexpire", writer, ttl)
+  else
+    local score = redis.call("zscore", readers, token)
+    if score and tonumber(score) > now then
+      redis.call("zadd", readers, "XX", now + tonumber(ttl), token)
+      local last = redis.call("zrange", readers, -1, -1, "WITHSCORES")
+      redis.call("pexpire", readers, math.max(1, tonumber(last[2]) - now))
+      extended[i] = 1
+    else
+      if score then redis.call("zrem", readers, token) end
+      extended[i] = 0
+    end
+  end
+end
+return extended"#;
+
+/// Holders now: 1 while a writer holds it, else the live readers. KEYS: readers, writer.
+/// Read-only.
+pub(crate) const RW_COUNT_SOURCE: &str = r#"if redis.call("exists", KEYS[2]) == 1 then
+  return 1
+end
+local t = redis.call("time")
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call("zcount", KEYS[1], "(" .. now, "+inf")"#;
+
 /// One of the scripts, as a request names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Script {
@@ -135,9 +255,14 @@ pub(crate) enum Script {
     SemExtend,
     SemExtendMany,
     SemCount,
+    RwAcquire,
+    RwRelease,
+    RwExtend,
+    RwExtendMany,
+    RwCount,
 }
 
-static SHAS: LazyLock<[String; 9]> = LazyLock::new(|| {
+static SHAS: LazyLock<[String; 14]> = LazyLock::new(|| {
     [
         ACQUIRE_FENCED_SOURCE,
         RELEASE_SOURCE,
@@ -148,6 +273,11 @@ static SHAS: LazyLock<[String; 9]> = LazyLock::new(|| {
         SEM_EXTEND_SOURCE,
         SEM_EXTEND_MANY_SOURCE,
         SEM_COUNT_SOURCE,
+        RW_ACQUIRE_SOURCE,
+        RW_RELEASE_SOURCE,
+        RW_EXTEND_SOURCE,
+        RW_EXTEND_MANY_SOURCE,
+        RW_COUNT_SOURCE,
     ]
     .map(|source| redis::Script::new(source).get_hash().to_owned())
 });
@@ -164,6 +294,11 @@ impl Script {
             Script::SemExtend => SEM_EXTEND_SOURCE,
             Script::SemExtendMany => SEM_EXTEND_MANY_SOURCE,
             Script::SemCount => SEM_COUNT_SOURCE,
+            Script::RwAcquire => RW_ACQUIRE_SOURCE,
+            Script::RwRelease => RW_RELEASE_SOURCE,
+            Script::RwExtend => RW_EXTEND_SOURCE,
+            Script::RwExtendMany => RW_EXTEND_MANY_SOURCE,
+            Script::RwCount => RW_COUNT_SOURCE,
         }
     }
 

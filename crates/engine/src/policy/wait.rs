@@ -115,6 +115,13 @@ pub(crate) struct Waiter<S> {
     wake_at: Option<Instant>,
 }
 
+impl<S> Waiter<S> {
+    /// The longest a waiter goes between two tries it makes by itself.
+    pub(crate) fn poll_gap(&self) -> Duration {
+        self.plan.retry.retry_delay + self.plan.retry.retry_jitter
+    }
+}
+
 /// Who comes next after this Lock releases a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Turn<Id> {
@@ -203,6 +210,17 @@ impl<Id: Copy + Eq + std::hash::Hash + Ord, S> WaitQueue<Id, S> {
             Some(at) => Start::WaitUntil(at),
             None => Start::GiveUp,
         }
+    }
+
+    /// Every idle waiter for `key`, first come first.
+    pub(crate) fn idle(&self, key: &str) -> Vec<Id> {
+        self.by_key.get(key).map_or_else(Vec::new, |queue| {
+            queue
+                .iter()
+                .copied()
+                .filter(|id| self.waiters.get(id).is_some_and(|w| !w.attempting))
+                .collect()
+        })
     }
 
     /// The waiter's attempt is under way.

@@ -37,7 +37,7 @@ use redis::Value;
 use crate::config::ServerConfig;
 use crate::error::{self, EngineError, ErrorKind};
 use crate::notice::Notice;
-use crate::proto::request::{Reply, Request};
+use crate::proto::request::{Family, Reply, Request};
 use crate::proto::resp::Decoder;
 
 /// Who made a request; chosen by the owner of the connection, handed back with the answer.
@@ -153,8 +153,8 @@ struct Sent {
 struct GiveBack {
     key: String,
     token: String,
-    /// A semaphore's permit (else a lock).
-    semaphore: bool,
+    /// A lock, a semaphore's permit or a side of a read-write lock.
+    family: Family,
     /// Past this, the lock expired anyway.
     until: Instant,
 }
@@ -256,11 +256,11 @@ impl Conn {
     }
 
     /// Sends `request` ahead of everything queued and nobody waits for its reply: a give-back.
-    fn give_back(&mut self, key: String, token: String, semaphore: bool, until: Instant) {
+    fn give_back(&mut self, key: String, token: String, family: Family, until: Instant) {
         self.give_backs.push(GiveBack {
             key,
             token,
-            semaphore,
+            family,
             until,
         });
     }
@@ -545,7 +545,7 @@ impl Conn {
         for give_back in std::mem::take(&mut self.give_backs) {
             if give_back.until > now {
                 let request =
-                    Request::give_back(give_back.semaphore, give_back.key, give_back.token);
+                    Request::give_back(give_back.family, give_back.key, give_back.token);
                 self.write(Purpose::Internal, request, now);
             }
         }
@@ -630,9 +630,7 @@ impl Conn {
             let redirected_tag = match (&sent.purpose, &sent.request) {
                 (Purpose::Call(tag), _) => Some(*tag),
                 // A give-back whose slot moved: the core sends it on.
-                (Purpose::Internal, Request::Release { .. } | Request::SemRelease { .. }) => {
-                    Some(UNOWNED)
-                }
+                (Purpose::Internal, request) if request.is_release() => Some(UNOWNED),
                 _ => None,
             };
             if let Some((ask, slot, host, port)) = redirect(&code, err.details())
@@ -815,18 +813,17 @@ impl Conn {
                 (Purpose::Call(_), request) if request.acquired_lock().is_some() => {
                     if let Some((key, token, ttl_ms)) = request.acquired_lock() {
                         let until = sent.sent_at + Duration::from_millis(ttl_ms);
-                        let semaphore = request.is_semaphore();
-                        self.give_back(key.to_owned(), token.to_owned(), semaphore, until);
+                        let family = request.family();
+                        self.give_back(key.to_owned(), token.to_owned(), family, until);
                     }
                 }
-                (
-                    Purpose::Internal,
-                    Request::Release { key, token, .. } | Request::SemRelease { key, token, .. },
-                ) => {
+                (Purpose::Internal, request) if request.is_release() => {
                     // A give-back whose reply never came: it may not have run.
-                    let until = sent.sent_at + self.settings.command_timeout * 10;
-                    let semaphore = sent.request.is_semaphore();
-                    self.give_back(key.clone(), token.clone(), semaphore, until);
+                    if let Some((key, token)) = request.released_lock() {
+                        let until = sent.sent_at + self.settings.command_timeout * 10;
+                        let family = request.family();
+                        self.give_back(key.clone(), token.clone(), family, until);
+                    }
                 }
                 _ => {}
             }

@@ -15,6 +15,17 @@ pub(crate) struct ExtendItem {
     pub ttl_ms: u64,
 }
 
+/// What a Lock's keys hold, which decides the scripts its requests run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Family {
+    /// v1's lock: a string key holding the owner's token.
+    Lock,
+    /// A sorted set of permits.
+    Semaphore,
+    /// A readers' sorted set, a writer key and a waiting-writer mark.
+    ReadWrite,
+}
+
 /// A command, before it is encoded (it is encoded when written, and again as EVAL if the
 /// server answers NOSCRIPT).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +78,33 @@ pub(crate) enum Request {
     },
     /// Live permits held.
     SemCount {
+        key: String,
+    },
+    /// A read-write lock's read side, or with `write` its write side (see `scripts`); `mark_ms`
+    /// is how long a refused writer marks itself waiting (0: not at all).
+    RwAcquire {
+        key: String,
+        token: String,
+        ttl_ms: u64,
+        write: bool,
+        mark_ms: u64,
+    },
+    /// Gives back whichever side the token holds; `publish` as for `Release`.
+    RwRelease {
+        key: String,
+        token: String,
+        publish: bool,
+    },
+    RwExtend {
+        key: String,
+        token: String,
+        ttl_ms: u64,
+    },
+    RwExtendMany {
+        items: Vec<ExtendItem>,
+    },
+    /// Holders: 1 for a writer, else the live readers.
+    RwCount {
         key: String,
     },
     /// `WAIT replicas timeout`.
@@ -126,6 +164,11 @@ impl Request {
             Request::SemExtend { .. } => Some(Script::SemExtend),
             Request::SemExtendMany { .. } => Some(Script::SemExtendMany),
             Request::SemCount { .. } => Some(Script::SemCount),
+            Request::RwAcquire { .. } => Some(Script::RwAcquire),
+            Request::RwRelease { .. } => Some(Script::RwRelease),
+            Request::RwExtend { .. } => Some(Script::RwExtend),
+            Request::RwExtendMany { .. } => Some(Script::RwExtendMany),
+            Request::RwCount { .. } => Some(Script::RwCount),
             _ => None,
         }
     }
@@ -140,8 +183,14 @@ impl Request {
             | Request::SemAcquire { key, .. }
             | Request::SemRelease { key, .. }
             | Request::SemExtend { key, .. }
-            | Request::SemCount { key } => Some(key),
-            Request::ExtendMany { items } | Request::SemExtendMany { items } => {
+            | Request::SemCount { key }
+            | Request::RwAcquire { key, .. }
+            | Request::RwRelease { key, .. }
+            | Request::RwExtend { key, .. }
+            | Request::RwCount { key } => Some(key),
+            Request::ExtendMany { items }
+            | Request::SemExtendMany { items }
+            | Request::RwExtendMany { items } => {
                 items.first().map(|i| i.key.as_str())
             }
             _ => None,
@@ -156,44 +205,81 @@ impl Request {
             }
             | Request::SemAcquire {
                 key, token, ttl_ms, ..
+            }
+            | Request::RwAcquire {
+                key, token, ttl_ms, ..
             } => Some((key, token, *ttl_ms)),
             _ => None,
         }
     }
 
-    /// Whether this request is about a semaphore (its give-backs and releases are too).
-    pub(crate) fn is_semaphore(&self) -> bool {
-        matches!(
-            self,
+    /// What kind of keys this request is about (its give-backs and releases are of that kind).
+    pub(crate) fn family(&self) -> Family {
+        match self {
             Request::SemAcquire { .. }
-                | Request::SemRelease { .. }
-                | Request::SemExtend { .. }
-                | Request::SemExtendMany { .. }
-                | Request::SemCount { .. }
-        )
-    }
-
-    /// The release that gives back what `acquired_lock` names: of a lock, or of a permit.
-    pub(crate) fn give_back(semaphore: bool, key: String, token: String) -> Request {
-        if semaphore {
-            Request::SemRelease {
-                key,
-                token,
-                publish: true,
-            }
-        } else {
-            Request::Release {
-                key,
-                token,
-                publish: true,
-            }
+            | Request::SemRelease { .. }
+            | Request::SemExtend { .. }
+            | Request::SemExtendMany { .. }
+            | Request::SemCount { .. } => Family::Semaphore,
+            Request::RwAcquire { .. }
+            | Request::RwRelease { .. }
+            | Request::RwExtend { .. }
+            | Request::RwExtendMany { .. }
+            | Request::RwCount { .. } => Family::ReadWrite,
+            _ => Family::Lock,
         }
     }
 
-    /// The release's `publish` flag, for a release of either kind.
+    /// The release of `token`'s hold on `key`, for keys of `family`.
+    pub(crate) fn release_of(family: Family, key: String, token: String, publish: bool) -> Request {
+        match family {
+            Family::Lock => Request::Release {
+                key,
+                token,
+                publish,
+            },
+            Family::Semaphore => Request::SemRelease {
+                key,
+                token,
+                publish,
+            },
+            Family::ReadWrite => Request::RwRelease {
+                key,
+                token,
+                publish,
+            },
+        }
+    }
+
+    /// The release that gives back what `acquired_lock` names, telling waiters.
+    pub(crate) fn give_back(family: Family, key: String, token: String) -> Request {
+        Request::release_of(family, key, token, true)
+    }
+
+    /// Whether this is a release (of any family).
+    pub(crate) fn is_release(&self) -> bool {
+        matches!(
+            self,
+            Request::Release { .. } | Request::SemRelease { .. } | Request::RwRelease { .. }
+        )
+    }
+
+    /// The released key and token, for a release of any family.
+    pub(crate) fn released_lock(&self) -> Option<(&String, &String)> {
+        match self {
+            Request::Release { key, token, .. }
+            | Request::SemRelease { key, token, .. }
+            | Request::RwRelease { key, token, .. } => Some((key, token)),
+            _ => None,
+        }
+    }
+
+    /// The release's `publish` flag, for a release of any family.
     pub(crate) fn publish_flag(&mut self) -> Option<&mut bool> {
         match self {
-            Request::Release { publish, .. } | Request::SemRelease { publish, .. } => Some(publish),
+            Request::Release { publish, .. }
+            | Request::SemRelease { publish, .. }
+            | Request::RwRelease { publish, .. } => Some(publish),
             _ => None,
         }
     }
@@ -297,6 +383,79 @@ impl Request {
             Request::SemCount { key } => {
                 return script_call(out, Script::SemCount, with_source, &[key.as_bytes()], &[]);
             }
+            Request::RwAcquire {
+                key,
+                token,
+                ttl_ms,
+                write,
+                mark_ms,
+            } => {
+                let (writer, mark) = (keys::rw_writer_key(key), keys::rw_mark_key(key));
+                let (ttl, mark_ms) = (ttl_ms.to_string(), mark_ms.to_string());
+                let side: &[u8] = if *write { b"1" } else { b"0" };
+                return script_call(
+                    out,
+                    Script::RwAcquire,
+                    with_source,
+                    &[key.as_bytes(), writer.as_bytes(), mark.as_bytes()],
+                    &[token.as_bytes(), ttl.as_bytes(), side, mark_ms.as_bytes()],
+                );
+            }
+            Request::RwRelease {
+                key,
+                token,
+                publish,
+            } => {
+                let channel = if *publish {
+                    keys::released_channel(key)
+                } else {
+                    String::new()
+                };
+                let writer = keys::rw_writer_key(key);
+                return script_call(
+                    out,
+                    Script::RwRelease,
+                    with_source,
+                    &[key.as_bytes(), writer.as_bytes()],
+                    &[token.as_bytes(), channel.as_bytes()],
+                );
+            }
+            Request::RwExtend { key, token, ttl_ms } => {
+                let (writer, ttl) = (keys::rw_writer_key(key), ttl_ms.to_string());
+                return script_call(
+                    out,
+                    Script::RwExtend,
+                    with_source,
+                    &[key.as_bytes(), writer.as_bytes()],
+                    &[token.as_bytes(), ttl.as_bytes()],
+                );
+            }
+            Request::RwExtendMany { items } => {
+                let writers: Vec<String> =
+                    items.iter().map(|i| keys::rw_writer_key(&i.key)).collect();
+                let ttls: Vec<String> = items.iter().map(|i| i.ttl_ms.to_string()).collect();
+                let keys: Vec<&[u8]> = items
+                    .iter()
+                    .zip(&writers)
+                    .flat_map(|(i, writer)| [i.key.as_bytes(), writer.as_bytes()])
+                    .collect();
+                let args: Vec<&[u8]> = items
+                    .iter()
+                    .zip(&ttls)
+                    .flat_map(|(i, ttl)| [i.token.as_bytes(), ttl.as_bytes()])
+                    .collect();
+                return script_call(out, Script::RwExtendMany, with_source, &keys, &args);
+            }
+            Request::RwCount { key } => {
+                let writer = keys::rw_writer_key(key);
+                return script_call(
+                    out,
+                    Script::RwCount,
+                    with_source,
+                    &[key.as_bytes(), writer.as_bytes()],
+                    &[],
+                );
+            }
             Request::Exists { key } => vec![b"EXISTS", key.as_bytes()],
             Request::Wait {
                 replicas,
@@ -340,27 +499,34 @@ impl Request {
                 Value::Nil => Ok(Reply::Acquired(None)),
                 other => unexpected(&other),
             },
-            Request::SemAcquire { .. } => match value {
+            Request::SemAcquire { .. } | Request::RwAcquire { .. } => match value {
                 Value::Int(1) => Ok(Reply::Acquired(Some(None))),
                 Value::Int(0) => Ok(Reply::Acquired(None)),
                 other => unexpected(&other),
             },
-            Request::SemCount { .. } => match value {
+            Request::SemCount { .. } | Request::RwCount { .. } => match value {
                 Value::Int(n) if n >= 0 => Ok(Reply::Count(n)),
                 other => unexpected(&other),
             },
-            Request::Release { .. } | Request::SemRelease { .. } => match value {
-                Value::Int(0) => Ok(Reply::Released(None)),
-                Value::Int(n) if n >= 1 => Ok(Reply::Released(Some(n - 1))),
-                other => unexpected(&other),
-            },
-            Request::Extend { .. } | Request::Exists { .. } | Request::SemExtend { .. } => {
+            Request::Release { .. } | Request::SemRelease { .. } | Request::RwRelease { .. } => {
+                match value {
+                    Value::Int(0) => Ok(Reply::Released(None)),
+                    Value::Int(n) if n >= 1 => Ok(Reply::Released(Some(n - 1))),
+                    other => unexpected(&other),
+                }
+            }
+            Request::Extend { .. }
+            | Request::Exists { .. }
+            | Request::SemExtend { .. }
+            | Request::RwExtend { .. } => {
                 match value {
                     Value::Int(n @ (0 | 1)) => Ok(Reply::Flag(n == 1)),
                     other => unexpected(&other),
                 }
             }
-            Request::ExtendMany { items } | Request::SemExtendMany { items } => match value {
+            Request::ExtendMany { items }
+            | Request::SemExtendMany { items }
+            | Request::RwExtendMany { items } => match value {
                 Value::Array(values) if values.len() == items.len() => values
                     .iter()
                     .map(|v| match v {
