@@ -381,6 +381,8 @@ export interface TraceContext {
   ttl?: number;
   /** acquire, using. */
   autoExtend?: boolean;
+  /** acquire, using, on a ReadWriteLock: the side taken. */
+  side?: 'read' | 'write';
   /**
    * When it ended. acquire: 'granted' | 'refused'; release: 'released' | 'not-owner'; extend:
    * 'extended' | 'not-owner'; isLocked: 'held' | 'free'; using: 'completed' (fn returned and the

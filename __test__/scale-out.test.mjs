@@ -8,7 +8,7 @@ import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { Cluster } from 'ioredis';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Lock, LockError, Semaphore } from 'simple-distributed-lock';
+import { Lock, LockError, ReadWriteLock, Semaphore } from 'simple-distributed-lock';
 import { RedisServer } from './helpers/redis-server.mjs';
 import { startCluster, startSentinelGroup } from './helpers/topology.mjs';
 import { runWorkers } from './helpers/workers.mjs';
@@ -119,6 +119,36 @@ describe('Redis Cluster', () => {
     await sem.close();
   });
 
+  test('ReadWriteLock: every key of a resource on its one master, on every master; readers share, a writer waits and is woken', async () => {
+    const rw = new ReadWriteLock({ cluster: cluster.startupNodes.map((n) => `redis://${n.host}:${n.port}`) }, { ttl: 5000 });
+    const check = cluster.ioredisCluster();
+    /** @type {Set<number>} */
+    const masters = new Set();
+    for (let i = 0; i < 12; i++) {
+      const resource = `doc:{${i}}:x`; // a hash tag of the user's own, too
+      const [a, b] = [await rw.acquireRead(resource), await rw.acquireRead(resource)];
+      assert.ok(a && b, resource);
+      const writing = rw.acquireWrite(resource, { retryCount: Infinity, retryDelay: 5000 });
+      await sleep(50);
+      assert.equal(await rw.acquireRead(resource), null, `${resource}: a waiting writer keeps new readers out`);
+      const master = await cluster.masterForKey(`rwlock:${resource}`);
+      masters.add(master);
+      // The readers' set, the writer's key and the waiting mark: one node holds them all.
+      const onNode = /** @type {string[]} */ (await cluster.admin.call(master, 'KEYS', `*rwlock:${resource}`));
+      assert.equal(onNode.length, 2, `${resource}: ${onNode}`);
+      const releasedAt = Date.now();
+      await a.release();
+      await b.release();
+      const w = await writing;
+      assert.ok(w && Date.now() - releasedAt < 2000, `${resource}: the writer was woken by the last reader out`);
+      assert.equal(await rw.count(resource), 1);
+      assert.equal(await w.release(), true);
+      assert.equal(await check.exists(`rwlock:${resource}`), 0, `${resource}: nothing left`);
+    }
+    assert.equal(masters.size, 3, 'the read-write locks lived on every master');
+    await rw.close();
+  });
+
   test('a master killed and its replica promoted: locks keep working, no call hangs', async () => {
     const lock = new Lock({ cluster: cluster.startupNodes.map((n) => `redis://${n.host}:${n.port}`) });
     const resource = 'failover-resource';
@@ -227,6 +257,21 @@ describe('Sentinel', () => {
     for (const token of tokens) assert.equal(await sem.release('sentinel-pool', /** @type {string} */ (token)), true);
     assert.equal(await sem.count('sentinel-pool'), 0);
     await sem.close();
+  });
+
+  test('ReadWriteLock behind Sentinel: readers share, a writer is alone', async () => {
+    const [sentinel] = group.sentinels;
+    const rw = new ReadWriteLock(`redis+sentinel://${sentinel.host}:${sentinel.port}/${group.masterName}`);
+    const readers = [await rw.acquireRead('sentinel-rw'), await rw.acquireRead('sentinel-rw')];
+    assert.ok(readers.every(Boolean));
+    assert.equal(await rw.acquireWrite('sentinel-rw'), null);
+    for (const lease of readers) assert.equal(await lease?.release(), true);
+    const writer = await rw.acquireWrite('sentinel-rw');
+    assert.ok(writer);
+    assert.equal(await rw.acquireRead('sentinel-rw'), null);
+    assert.equal(await writer.release(), true);
+    assert.equal(await rw.count('sentinel-rw'), 0);
+    await rw.close();
   });
 
   test('a redis+sentinel:// URL', async () => {

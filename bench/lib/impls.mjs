@@ -52,7 +52,7 @@ export const SINGLE_IMPLS = ['ioredis', 'v1', 'v2', 'redlock', 'redis-semaphore'
  * build of this package (a checkout of an earlier commit, built), from the directory in
  * `SDL_BENCH_BEFORE`, to compare a change with what it replaces in one run.
  */
-export const EXTRA_IMPLS = ['v2-nofence', 'v2-before', 'v2-traced', 'v2-semaphore', 'redis-semaphore-semaphore'];
+export const EXTRA_IMPLS = ['v2-nofence', 'v2-before', 'v2-traced', 'v2-semaphore', 'redis-semaphore-semaphore', 'v2-rwlock'];
 
 /** Permits of the semaphore rows (`--impls v2-semaphore,redis-semaphore-semaphore`): 1, so that the bench's checks (a second acquire of a held resource fails) hold. */
 const SEMAPHORE_PERMITS = 1;
@@ -64,6 +64,7 @@ export const LABELS = /** @type {Record<string, string>} */ ({
   'v2-nofence': 'v2, fencing: false',
   'v2-traced': 'v2, every tracing channel subscribed',
   'v2-semaphore': `v2 Semaphore (${SEMAPHORE_PERMITS} permits)`,
+  'v2-rwlock': 'v2 ReadWriteLock (write side)',
   'redis-semaphore-semaphore': `redis-semaphore 5 Semaphore (${SEMAPHORE_PERMITS} permits)`,
   'v2-before': `v2 as built in ${process.env.SDL_BENCH_BEFORE ?? '$SDL_BENCH_BEFORE'}`,
   redlock: 'redlock 5.0.0-beta.2',
@@ -119,6 +120,8 @@ export async function createImpl(name, target) {
       return v2Semaphore(ports[0]);
     case 'redis-semaphore-semaphore':
       return semaphoreSemaphore(ports[0]);
+    case 'v2-rwlock':
+      return v2ReadWriteLock(ports[0]);
     default:
       throw new Error(`unknown implementation "${name}"`);
   }
@@ -249,6 +252,64 @@ async function v2Semaphore(port) {
     holdHow: 'n/a',
     lostCount: () => null,
     close: () => sem.close(),
+  };
+}
+
+/** CRC16-XMODEM, Redis Cluster's slot hash. @param {string} text */
+function crc16(text) {
+  let crc = 0;
+  for (const byte of Buffer.from(text)) {
+    crc ^= byte << 8;
+    for (let i = 0; i < 8; i++) crc = crc & 0x8000 ? ((crc << 1) ^ 0x1021) & 0xffff : (crc << 1) & 0xffff;
+  }
+  return crc;
+}
+
+/** @type {string[] | null} for each slot, the engine's tag that hashes to it (keys.rs SLOT_TAGS) */
+let slotTags = null;
+
+/** The engine's writer key of a read-write lock key (crates/engine/src/keys.rs). @param {string} key */
+function rwWriterKey(key) {
+  if (!slotTags) {
+    const tags = /** @type {string[]} */ (new Array(16384).fill(''));
+    for (let n = 0, missing = 16384; missing > 0; n++) {
+      const tag = n.toString(16);
+      const slot = crc16(tag) % 16384;
+      if (tags[slot] === '') {
+        tags[slot] = tag;
+        missing--;
+      }
+    }
+    slotTags = tags;
+  }
+  const open = key.indexOf('{');
+  const close = open < 0 ? -1 : key.indexOf('}', open + 1);
+  const hashed = close > open + 1 ? key.slice(open + 1, close) : key;
+  return `{${slotTags[crc16(hashed) % 16384]}}:rw-writer:${key}`;
+}
+
+/**
+ * v2's ReadWriteLock, write side (the bench's checks need an exclusive hold): acquire takes it
+ * (one attempt), release gives it back. Each pair runs the read-write scripts (server TIME, the
+ * readers' set and the waiting mark checked), so it prices them against a plain lock.
+ * @param {number} port @returns {Promise<Impl>}
+ */
+async function v2ReadWriteLock(port) {
+  /** @type {typeof import('simple-distributed-lock')} */
+  const { ReadWriteLock } = await import('simple-distributed-lock');
+  const rw = new ReadWriteLock(`redis://127.0.0.1:${port}`);
+  await rw.isLocked('bench:warm-connection');
+  return {
+    name: 'v2-rwlock',
+    redisKey: (resource) => rwWriterKey(`rwlock:${resource}`),
+    acquire: (resource, ttl) => rw.acquire(resource, { ttl }),
+    release: (resource, token) => rw.release(resource, token),
+    withLock: null,
+    withLockHow: 'n/a',
+    hold: null,
+    holdHow: 'n/a',
+    lostCount: () => null,
+    close: () => rw.close(),
   };
 }
 

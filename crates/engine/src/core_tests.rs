@@ -1180,3 +1180,90 @@ fn a_semaphore_over_redlock_is_refused() {
     let err = h.core.set_semaphore(2).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unsupported);
 }
+
+#[test]
+fn a_read_write_core_marks_a_waiting_writer_releases_in_the_open_and_wakes_every_waiter() {
+    let mut h = Harness::single();
+    h.core.set_read_write().unwrap();
+    h.open_all();
+    let rw_spec = |write| AcquireSpec {
+        write,
+        ..spec("rw")
+    };
+    // A writer that will wait marks itself for its poll interval plus the slack.
+    h.core.call(
+        1,
+        Call::Acquire {
+            spec: rw_spec(true),
+            retry: waiting(10_000),
+        },
+        h.now,
+    );
+    let sent = h.commands(0);
+    assert_eq!(sent[0][1], crate::scripts::Script::RwAcquire.sha());
+    assert_eq!(
+        &sent[0][2..6],
+        [
+            "3".to_owned(),
+            "rw".to_owned(),
+            crate::keys::rw_writer_key("rw"),
+            crate::keys::rw_mark_key("rw")
+        ]
+    );
+    assert_eq!(&sent[0][8..10], ["1", "10250"], "write side, marked");
+    h.answer(0, &[b":0\r\n"]);
+    // A reader joins behind it without trying; a single-attempt writer marks nothing.
+    h.core.call(
+        2,
+        Call::Acquire {
+            spec: rw_spec(false),
+            retry: waiting(10_000),
+        },
+        h.now,
+    );
+    h.core.call(
+        3,
+        Call::Acquire {
+            spec: rw_spec(true),
+            retry: None,
+        },
+        h.now,
+    );
+    let sent = h.commands(0);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(&sent[0][8..10], ["1", "0"]);
+    h.answer(0, &[b":0\r\n"]);
+    // A release with waiters here is made in the open: published, no attempt behind it.
+    h.core.call(
+        4,
+        Call::Release {
+            key: "rw".into(),
+            token: "holder".into(),
+        },
+        h.now,
+    );
+    let sent = h.commands(0);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0][1], crate::scripts::Script::RwRelease.sha());
+    assert_eq!(sent[0].last().unwrap(), &crate::keys::released_channel("rw"));
+    h.answer(0, &[b":2\r\n"]);
+    // Heard: every waiter tries, first come first.
+    h.core.release_heard("rw", h.now);
+    let sent = h.commands(0);
+    let sides: Vec<&str> = sent.iter().map(|c| c[8].as_str()).collect();
+    assert_eq!(sides, ["1", "0"], "{sent:?}");
+    h.answer(0, &[b":1\r\n", b":0\r\n"]);
+    let done = h.done();
+    assert!(
+        done.iter()
+            .any(|(id, o)| *id == 1 && matches!(o, Outcome::Granted(g) if g.fence.is_none())),
+        "{done:?}"
+    );
+}
+
+#[test]
+fn a_read_write_lock_over_redlock_is_refused() {
+    let mut h = Harness::redlock(3);
+    let err = h.core.set_read_write().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported);
+}
