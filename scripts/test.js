@@ -11,7 +11,7 @@
 //      observability tests once more on each of those Node lines (.ci/run passes 22, 24 and 26 from
 //      the npm registry)
 //   6. with SDL_TEST_SERVERS (server binaries separated by ':'), the API, lease, semaphore,
-//      Redlock and Cluster/Sentinel tests once more on each of those servers (.ci/run passes
+//      read-write lock, Redlock and Cluster/Sentinel tests once more on each of those servers (.ci/run passes
 //      Redis 8.2.3 and Valkey 9.1.2 from PyPI wheels)
 // Needs: cargo, redis-server on PATH, and Redis on localhost:6379 for the README examples.
 
@@ -35,11 +35,11 @@ const testFiles = /** @type {string[]} */ (readdirSync(join(root, '__test__'), {
 const apiSuites = ['__test__/api.test.mjs', '__test__/connection.test.mjs', '__test__/leases.test.mjs', '__test__/faults.test.mjs', '__test__/observability.test.mjs'];
 const otherNodes = (process.env.SDL_TEST_NODES ?? '').split(':').filter(Boolean);
 const otherServers = (process.env.SDL_TEST_SERVERS ?? '').split(':').filter(Boolean);
-// On another server (Redis 8, Valkey): the calls, the leases, the semaphore, Redlock, and
-// Cluster and Sentinel made of that server. (The hygiene and fault suites pass there too, run by
+// On another server (Redis 8, Valkey): the calls, the leases, the semaphore and read-write lock
+// scripts, Redlock, and Cluster and Sentinel made of that server. (The hygiene and fault suites pass there too, run by
 // hand with SDL_TEST_REDIS_SERVER; they are left out of CI to keep it under 15 minutes: they test
 // the client side, the same on every server.)
-const serverSuites = ['__test__/api.test.mjs', '__test__/leases.test.mjs', '__test__/semaphore.test.mjs', '__test__/redlock.test.mjs', '__test__/scale-out.test.mjs'];
+const serverSuites = ['__test__/api.test.mjs', '__test__/leases.test.mjs', '__test__/semaphore.test.mjs', '__test__/read-write-lock.test.mjs', '__test__/redlock.test.mjs', '__test__/scale-out.test.mjs'];
 // On another Node line: the calls, the leases, the faults, that nothing keeps the process alive,
 // and the diagnostics channels (their API grew between Node lines).
 const nodeLineSuites = ['__test__/api.test.mjs', '__test__/leases.test.mjs', '__test__/faults.test.mjs', '__test__/process-exit.test.mjs', '__test__/observability.test.mjs'];
