@@ -88,7 +88,10 @@ export interface AcquireOptions {
 
 /** v2: a held lock. `await using lease = await lock.acquireLease(...)` releases it at scope end. */
 export interface Lease {
+  /** The resource given to acquire; a lock over several: their names, sorted, joined by ", ". */
   readonly resource: string;
+  /** v2: every resource it holds, sorted (one for a lock on one resource). */
+  readonly resources: readonly string[];
   /** The owner token (32 hex characters). */
   readonly token: string;
   /**
@@ -208,23 +211,26 @@ export declare class Lock {
   constructor(redis: RedisConnection, options?: LockOptions);
 
   /**
-   * Acquire the lock on `resource` (`SET key token PX ttl NX`).
+   * Acquire the lock on `resource` (`SET key token PX ttl NX`). v2: an array of resources takes
+   * a lock over all of them, or none, under one token (see "Locks over several resources").
    * @returns the owner token (32 hex characters), or `null` if every attempt found it held.
    */
-  acquire(resource: string, opts?: AcquireOptions): Promise<string | null>;
+  acquire(resource: string | readonly string[], opts?: AcquireOptions): Promise<string | null>;
 
   /**
-   * Release the lock if `token` still owns it; stops its auto-extension first.
-   * @returns `true` if released, `false` if it had expired or belongs to someone else.
+   * Release the lock if `token` still owns it; stops its auto-extension first. An array: the
+   * lock over those resources (each key the token owns is deleted).
+   * @returns `true` if released (every key, for an array), `false` if it had expired or belongs
+   *   to someone else.
    */
-  release(resource: string, token: string): Promise<boolean>;
+  release(resource: string | readonly string[], token: string): Promise<boolean>;
 
   /**
    * Set the lock's TTL to `ttl` ms (default: the Lock's ttl) if `token` still owns it.
-   * Never re-creates an expired lock.
+   * Never re-creates an expired lock. An array: every key, if the token owns every one.
    * @returns `true` if extended, `false` if the lock was lost.
    */
-  extend(resource: string, token: string, ttl?: number): Promise<boolean>;
+  extend(resource: string | readonly string[], token: string, ttl?: number): Promise<boolean>;
 
   /** Whether anybody holds the lock on `resource`. */
   isLocked(resource: string): Promise<boolean>;
@@ -234,7 +240,7 @@ export declare class Lock {
    * The signal aborts when the lock is lost; without autoExtend, at its deadline.
    * @returns the lease, or `null` if every attempt found the lock held.
    */
-  acquireLease(resource: string, opts?: AcquireOptions): Promise<Lease | null>;
+  acquireLease(resource: string | readonly string[], opts?: AcquireOptions): Promise<Lease | null>;
 
   /**
    * Acquire, run `fn(signal, lease)`, release (even if `fn` throws). v1 callbacks that take no
@@ -243,7 +249,7 @@ export declare class Lock {
    * @throws {LockAcquireError} `Failed to acquire lock on resource "<resource>".`
    */
   using<T>(
-    resource: string,
+    resource: string | readonly string[],
     fn: (signal: AbortSignal, lease: Lease) => T | PromiseLike<T>,
     opts?: AcquireOptions
   ): Promise<T>;

@@ -8,15 +8,16 @@ const asyncDispose = Symbol.asyncDispose ?? Symbol.for('nodejs.asyncDispose');
 
 /**
  * @typedef {object} LeaseOwner what a Lease needs from the Lock that granted it
- * @property {(resource: string, token: string, ttl?: number) => Promise<boolean>} extend
- * @property {(resource: string, token: string) => Promise<boolean>} release
+ * @property {(resource: string | string[], token: string, ttl?: number) => Promise<boolean>} extend
+ * @property {(resource: string | string[], token: string) => Promise<boolean>} release
  * @property {(token: string) => number | null} timeLeftMs
  */
 
 /**
  * What the Lock and the Lease share about a held lease.
  * @typedef {object} LeaseState
- * @property {string} resource
+ * @property {string} resource the name given, or for a lock over several, theirs joined by ", "
+ * @property {string[]} resources every resource it holds
  * @property {AbortController} controller
  * @property {number} deadline `performance.now()` ms until which the lock is known to be held;
  *   moves with each extend known to have succeeded (the engine tells of auto-extensions)
@@ -42,8 +43,10 @@ class Lease {
     this.#owner = owner;
     this.#state = state;
     this.#expiresAt = expiresAt;
-    /** The resource name given to acquire. */
+    /** The resource name given to acquire (a lock over several: their names joined by ", "). */
     this.resource = state.resource;
+    /** Every resource it holds, sorted (one for a lock on one resource). */
+    this.resources = Object.freeze([...state.resources]);
     /** The owner token (32 hex characters). */
     this.token = token;
     /** The fencing token: strictly increasing per resource across all clients; null if fencing is off. */
@@ -90,12 +93,17 @@ class Lease {
 
   /** @param {number} [ttl] ms; defaults to the Lock's ttl @returns {Promise<boolean>} */
   extend(ttl) {
-    return this.#owner.extend(this.resource, this.token, ttl);
+    return this.#owner.extend(this.#target(), this.token, ttl);
   }
 
   /** @returns {Promise<boolean>} */
   release() {
-    return this.#owner.release(this.resource, this.token);
+    return this.#owner.release(this.#target(), this.token);
+  }
+
+  /** What release and extend name: the resource, or every one of them. */
+  #target() {
+    return this.resources.length === 1 ? this.resources[0] : [...this.resources];
   }
 
   /** `await using lease = await lock.acquireLease(...)` releases it at the end of the scope. */

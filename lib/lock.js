@@ -78,6 +78,13 @@ let nextLockId = 1;
  * @property {AbortSignal | undefined} signal
  * @property {number | undefined} maxHold ms
  * @property {boolean} write a ReadWriteLock's write side (its plain acquires take that one)
+ * @property {string[] | undefined} also a lock over several resources: the keys besides the first
+ */
+
+/**
+ * A lock over several resources, resolved: the name reported (theirs joined by ", "), the
+ * names sorted, and the keys (the first apart).
+ * @typedef {{ name: string, names: string[], key: string, also: string[] }} Many
  */
 
 class Lock {
@@ -162,17 +169,19 @@ class Lock {
    */
   acquire(resource, opts) {
     try {
-      const name = validate.resourceName(resource);
-      const key = this.#keyPrefix + name;
+      const many = Array.isArray(resource) ? this.#many(resource) : null;
+      const name = many ? many.name : validate.resourceName(resource);
+      const key = many ? many.key : this.#keyPrefix + name;
       const o = this.#acquireSettings(opts);
+      if (many) o.also = many.also;
       if (this.#redlock) this.#askForVotes();
       if (traced(channels.acquire)) {
         return this.#take(name, key, o, performance.now(), false).then((grant) => grant.token);
       }
       if (o.signal) {
-        return this.#withSignal(key, o.signal, (cancelId) => this.#native.acquire(key, o.ttl, o.autoExtend, o.wait, cancelId, o.maxHold, o.write));
+        return this.#withSignal(key, o, (cancelId) => this.#native.acquire(key, o.ttl, o.autoExtend, o.wait, cancelId, o.maxHold, o.write, o.also));
       }
-      return this.#native.acquire(key, o.ttl, o.autoExtend, o.wait, 0, o.maxHold, o.write);
+      return this.#native.acquire(key, o.ttl, o.autoExtend, o.wait, 0, o.maxHold, o.write, o.also);
     } catch (err) {
       return Promise.reject(fromNative(err));
     }
@@ -195,21 +204,35 @@ class Lock {
    */
   async [acquireSide](resource, opts, write) {
     const start = performance.now();
-    const name = validate.resourceName(resource);
+    const many = Array.isArray(resource) ? this.#many(resource) : null;
+    const name = many ? many.name : validate.resourceName(resource);
     const o = this.#acquireSettings(opts);
     o.write = write;
+    if (many) o.also = many.also;
     if (this.#redlock) this.#askForVotes();
-    const grant = await this.#take(name, this.#keyPrefix + name, o, start, true);
-    return grant.token === null ? null : this.#leaseOf(name, grant);
+    const grant = await this.#take(name, many ? many.key : this.#keyPrefix + name, o, start, true);
+    return grant.token === null ? null : this.#leaseOf(name, grant, many ? many.names : null);
+  }
+
+  /**
+   * A lock over several resources: `resource` is an array of names.
+   * @param {unknown[]} resource
+   * @returns {Many}
+   */
+  #many(resource) {
+    const names = validate.resourceNames(resource);
+    const keys = names.map((n) => this.#keyPrefix + n);
+    return { name: names.join(', '), names, key: keys[0], also: keys.slice(1) };
   }
 
   /**
    * @param {string} name
    * @param {{ token: string, fence: number | null, validForMs: number, deadline: number }} grant
+   * @param {string[] | null} [names] a lock over several resources: theirs
    */
-  #leaseOf(name, grant) {
+  #leaseOf(name, grant, names = null) {
     /** @type {import('./lease').LeaseState} */
-    const state = { resource: name, controller: new AbortController(), deadline: grant.deadline, lastSentAt: -Infinity, released: false };
+    const state = { resource: name, resources: names ?? [name], controller: new AbortController(), deadline: grant.deadline, lastSentAt: -Infinity, released: false };
     this.#leases.set(grant.token, state);
     const expiresAt = Date.now() + Math.floor(grant.validForMs);
     return new Lease(this.#leaseOwner, state, grant.token, grant.fence ?? null, expiresAt);
@@ -224,10 +247,10 @@ class Lock {
    */
   #take(name, key, o, start, watch) {
     const run = () =>
-      this.#withSignal(key, o.signal, (cancelId) =>
+      this.#withSignal(key, o, (cancelId) =>
         watch
-          ? this.#native.acquireLease(key, o.ttl, o.autoExtend, o.wait, cancelId, o.maxHold, o.write)
-          : this.#native.acquireDetailed(key, o.ttl, o.autoExtend, o.wait, cancelId, o.maxHold, o.write),
+          ? this.#native.acquireLease(key, o.ttl, o.autoExtend, o.wait, cancelId, o.maxHold, o.write, o.also)
+          : this.#native.acquireDetailed(key, o.ttl, o.autoExtend, o.wait, cancelId, o.maxHold, o.write, o.also),
       );
     if (!traced(channels.acquire)) return run();
     const ctx = this.#context(name, o);
@@ -268,16 +291,18 @@ class Lock {
    */
   release(resource, token) {
     try {
-      const name = validate.resourceName(resource);
-      const key = this.#keyPrefix + name;
+      const many = Array.isArray(resource) ? this.#many(resource) : null;
+      const name = many ? many.name : validate.resourceName(resource);
+      const key = many ? many.key : this.#keyPrefix + name;
       const owner = validate.ownerToken(token);
       if (this.#leases.size > 0) {
         const lease = this.#leases.get(owner);
         if (lease) lease.released = true;
         this.#leases.delete(owner);
       }
-      if (!traced(channels.release)) return this.#native.release(key, owner);
-      return trace(channels.release, this.#context(name), () => this.#native.release(key, owner), (c, released) => {
+      const run = many ? () => this.#native.releaseAll([key, ...many.also], owner) : () => this.#native.release(key, owner);
+      if (!traced(channels.release)) return run();
+      return trace(channels.release, this.#context(name), run, (c, released) => {
         c.outcome = released ? 'released' : 'not-owner';
         c.result = released;
       });
@@ -294,17 +319,19 @@ class Lock {
    */
   extend(resource, token, ttl) {
     try {
-      const name = validate.resourceName(resource);
-      const key = this.#keyPrefix + name;
+      const many = Array.isArray(resource) ? this.#many(resource) : null;
+      const name = many ? many.name : validate.resourceName(resource);
+      const key = many ? many.key : this.#keyPrefix + name;
       const owner = validate.ownerToken(token);
       const ms = validate.milliseconds('ttl', ttl, this.#ttl);
       const lease = this.#leases.size > 0 ? this.#leases.get(owner) : undefined;
-      if (!lease && !traced(channels.extend)) return this.#native.extend(key, owner, ms);
+      const send = many ? () => this.#native.extendAll([key, ...many.also], owner, ms) : () => this.#native.extend(key, owner, ms);
+      if (!lease && !traced(channels.extend)) return send();
       const run = () => {
-        if (!lease) return this.#native.extend(key, owner, ms);
+        if (!lease) return send();
         // A lease's deadline counts from the send time, as the engine's does.
         const sentAt = performance.now();
-        return this.#native.extend(key, owner, ms).then((extended) => {
+        return send().then((extended) => {
           if (extended && sentAt >= lease.lastSentAt) {
             // PEXPIRE set the TTL: the deadline moves to this extend's, earlier too.
             lease.lastSentAt = sentAt;
@@ -363,19 +390,21 @@ class Lock {
    */
   async [usingSide](resource, fn, opts, write) {
     const start = performance.now();
-    const name = validate.resourceName(resource);
+    const many = Array.isArray(resource) ? this.#many(resource) : null;
+    const name = many ? many.name : validate.resourceName(resource);
     validate.callback('fn', fn);
     const o = this.#acquireSettings(opts);
     o.write = write;
+    if (many) o.also = many.also;
     if (this.#redlock) this.#askForVotes();
-    if (!traced(channels.using)) return this.#using(name, fn, o, start, null);
+    if (!traced(channels.using)) return this.#using(name, many, fn, o, start, null);
     /** @type {Record<string, unknown>} */
     const ctx = this.#context(name, o);
     if (this.#readWrite) ctx.side = write ? 'write' : 'read';
     return trace(
       channels.using,
       ctx,
-      () => this.#using(name, fn, o, start, ctx),
+      () => this.#using(name, many, fn, o, start, ctx),
       (c) => {
         c.outcome = 'completed';
         c.result = undefined;
@@ -385,12 +414,13 @@ class Lock {
 
   /**
    * @template T
-   * @param {string} name @param {(signal: AbortSignal, lease: Lease) => T | PromiseLike<T>} fn
+   * @param {string} name @param {Many | null} many a lock over several resources
+   * @param {(signal: AbortSignal, lease: Lease) => T | PromiseLike<T>} fn
    * @param {AcquireSettings} o @param {number} start @param {Record<string, unknown> | null} ctx
    * @returns {Promise<T>}
    */
-  async #using(name, fn, o, start, ctx) {
-    const grant = await this.#take(name, this.#keyPrefix + name, o, start, true);
+  async #using(name, many, fn, o, start, ctx) {
+    const grant = await this.#take(name, many ? many.key : this.#keyPrefix + name, o, start, true);
     const waitedMs = performance.now() - start;
     if (ctx) {
       ctx.attempts = grant.attempts;
@@ -401,7 +431,7 @@ class Lock {
       if (ctx) ctx.outcome = 'refused';
       throw new LockAcquireError(name, { attempts: grant.attempts, waitedMs });
     }
-    const lease = this.#leaseOf(name, grant);
+    const lease = this.#leaseOf(name, grant, many ? many.names : null);
     let result;
     try {
       result = await fn(lease.signal, lease);
@@ -572,9 +602,9 @@ class Lock {
 
   /** What a Lease may do with its Lock. */
   #leaseOwner = {
-    extend: (/** @type {string} */ resource, /** @type {string} */ token, /** @type {number | undefined} */ ttl) =>
+    extend: (/** @type {string | string[]} */ resource, /** @type {string} */ token, /** @type {number | undefined} */ ttl) =>
       this.extend(resource, token, ttl),
-    release: (/** @type {string} */ resource, /** @type {string} */ token) => this.release(resource, token),
+    release: (/** @type {string | string[]} */ resource, /** @type {string} */ token) => this.release(resource, token),
     timeLeftMs: (/** @type {string} */ token) => (this.#leases.has(token) ? this.#native.timeLeftMs(token) : null),
   };
 
@@ -611,6 +641,7 @@ class Lock {
       signal,
       maxHold,
       write: this.#readWrite,
+      also: undefined,
     };
   }
 
@@ -619,11 +650,12 @@ class Lock {
    * releases a lock that was granted just as the signal aborted.
    * @template {string | { token: string | null } | null} R
    * @param {string} key
-   * @param {AbortSignal | undefined} signal
+   * @param {AcquireSettings} o its signal, and a lock over several resources' other keys
    * @param {(cancelId: number) => Promise<R>} start
    * @returns {Promise<R>}
    */
-  async #withSignal(key, signal, start) {
+  async #withSignal(key, o, start) {
+    const signal = o.signal;
     if (!signal) return start(0);
     if (signal.aborted) throw signal.reason;
     const cancelId = this.#nextCancelId++;
@@ -641,7 +673,8 @@ class Lock {
     /** @type {string | null} */
     const token = granted === null ? null : typeof granted === 'string' ? granted : granted.token;
     if (token !== null && signal.aborted) {
-      await this.#native.release(key, token).catch(() => {});
+      const released = o.also ? this.#native.releaseAll([key, ...o.also], token) : this.#native.release(key, token);
+      await released.catch(() => {});
       throw signal.reason;
     }
     return granted;

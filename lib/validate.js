@@ -41,6 +41,25 @@ function resourceName(resource) {
   return resource;
 }
 
+/** Most resources one lock may cover. */
+const MAX_RESOURCES = 1000;
+
+/**
+ * A resource, or several (a lock over all of them): their names, sorted, without repeats.
+ * @param {unknown} resource
+ * @returns {string[]}
+ */
+function resourceNames(resource) {
+  if (!Array.isArray(resource)) return [resourceName(resource)];
+  if (resource.length === 0) throw rangeError('resource', 'a non-empty array of resource names', resource);
+  if (resource.length > MAX_RESOURCES) throw rangeError('resource', `an array of at most ${MAX_RESOURCES} resource names`, resource);
+  const names = resource.map((name, i) => {
+    if (typeof name !== 'string' || name.length === 0) throw typeError(`resource[${i}]`, 'a non-empty string', name);
+    return name;
+  });
+  return [...new Set(names)].sort();
+}
+
 /** @param {unknown} token @returns {string} */
 function ownerToken(token) {
   if (typeof token !== 'string') throw typeError('token', 'a string', token);
@@ -149,6 +168,7 @@ module.exports = {
   typeError,
   rangeError,
   resourceName,
+  resourceNames,
   ownerToken,
   milliseconds,
   retryCount,

@@ -190,12 +190,14 @@ impl NativeLocker {
         cancel_id: u32,
         max_hold_ms: Option<u32>,
         write: Option<bool>,
+        also: Option<Vec<String>>,
     ) -> Result<PromiseRaw<'env, Option<String>>> {
         let lease = Leasing {
             auto_extend,
             max_hold_ms,
             expect: Expect::Detail,
             write: write.unwrap_or(false),
+            also: also.unwrap_or_default(),
         };
         self.take(env, key, ttl_ms, lease, wait, cancel_id)
     }
@@ -244,12 +246,14 @@ impl NativeLocker {
         cancel_id: u32,
         max_hold_ms: Option<u32>,
         write: Option<bool>,
+        also: Option<Vec<String>>,
     ) -> Result<PromiseRaw<'env, Option<String>>> {
         let lease = Leasing {
             auto_extend,
             max_hold_ms,
             expect: Expect::Token,
             write: write.unwrap_or(false),
+            also: also.unwrap_or_default(),
         };
         self.take(env, key, ttl_ms, lease, wait, cancel_id)
     }
@@ -271,12 +275,14 @@ impl NativeLocker {
         cancel_id: u32,
         max_hold_ms: Option<u32>,
         write: Option<bool>,
+        also: Option<Vec<String>>,
     ) -> Result<PromiseRaw<'env, Option<String>>> {
         let lease = Leasing {
             auto_extend,
             max_hold_ms,
             expect: Expect::Grant,
             write: write.unwrap_or(false),
+            also: also.unwrap_or_default(),
         };
         self.take(env, key, ttl_ms, lease, wait, cancel_id)
     }
@@ -322,6 +328,40 @@ impl NativeLocker {
             sent_at: Instant::now(),
         };
         self.call(env, Call::Extend { key, token, ttl }, Expect::Flag, counted)
+    }
+
+    /// Deletes each of the keys `token` owns (a lock over several resources). Resolves to
+    /// whether every one was its. Tracking stops at once.
+    #[napi(catch_unwind, ts_return_type = "Promise<boolean>")]
+    pub fn release_all<'env>(
+        &self,
+        env: &'env Env,
+        keys: Vec<String>,
+        token: String,
+    ) -> Result<PromiseRaw<'env, bool>> {
+        let counted = Counted::Release {
+            token: token.clone(),
+        };
+        self.call(env, Call::ReleaseAll { keys, token }, Expect::Flag, counted)
+    }
+
+    /// Sets the TTL of every key if `token` owns every one. Resolves to whether it did.
+    #[napi(catch_unwind, ts_return_type = "Promise<boolean>")]
+    pub fn extend_all<'env>(
+        &self,
+        env: &'env Env,
+        keys: Vec<String>,
+        token: String,
+        ttl_ms: u32,
+    ) -> Result<PromiseRaw<'env, bool>> {
+        let ttl = ttl(ttl_ms)?;
+        let counted = Counted::Extend {
+            token: token.clone(),
+            ttl,
+            sent_at: Instant::now(),
+        };
+        let call = Call::ExtendAll { keys, token, ttl };
+        self.call(env, call, Expect::Flag, counted)
     }
 
     /// A semaphore's permits held now (a lock: 1 if held, else 0).
@@ -386,6 +426,7 @@ impl NativeLocker {
             max_hold_ms,
             expect,
             write,
+            also,
         } = lease;
         let max_hold = match max_hold_ms {
             None => None,
@@ -409,6 +450,7 @@ impl NativeLocker {
             replicas,
             max_hold,
             write,
+            also,
         };
         let id = self.locker.next_call_id();
         if cancel_id != 0 {
@@ -486,6 +528,8 @@ struct Leasing {
     expect: Expect,
     /// A read-write lock's write side (else its read side; other Locks ignore it).
     write: bool,
+    /// A lock over several resources: the keys besides `key`.
+    also: Vec<String>,
 }
 
 /// The core, locked (a panic while it was locked is a bug; its state is still the best there is).

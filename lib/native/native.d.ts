@@ -15,7 +15,7 @@ export declare class NativeLocker {
    * Like `acquire`, resolving to `{ token, fence, validForMs, deadline, attempts }` or
    * `{ token: null, attempts }` (what the tracing channels report); the lease is not watched.
    */
-  acquireDetailed(key: string, ttlMs: number, autoExtend: boolean, wait: WaitSettings | undefined | null, cancelId: number, maxHoldMs?: number | undefined | null, write?: boolean | undefined | null): Promise<{ token: string, fence: number | null, validForMs: number, deadline: number, attempts: number } | { token: null, attempts: number }>
+  acquireDetailed(key: string, ttlMs: number, autoExtend: boolean, wait: WaitSettings | undefined | null, cancelId: number, maxHoldMs?: number | undefined | null, write?: boolean | undefined | null, also?: Array<string> | undefined | null): Promise<{ token: string, fence: number | null, validForMs: number, deadline: number, attempts: number } | { token: null, attempts: number }>
   /**
    * Redlock: whether every acquire reports each master's vote as a `quorum` notice (by
    * default only those where a master failed or did not answer do).
@@ -32,12 +32,12 @@ export declare class NativeLocker {
    * `cancelId` 0 means not cancellable, else `cancel(cancelId)` stops the wait; `maxHoldMs`:
    * auto-extension stops once the lock has been held that long.
    */
-  acquire(key: string, ttlMs: number, autoExtend: boolean, wait: WaitSettings | undefined | null, cancelId: number, maxHoldMs?: number | undefined | null, write?: boolean | undefined | null): Promise<string | null>
+  acquire(key: string, ttlMs: number, autoExtend: boolean, wait: WaitSettings | undefined | null, cancelId: number, maxHoldMs?: number | undefined | null, write?: boolean | undefined | null, also?: Array<string> | undefined | null): Promise<string | null>
   /**
    * Like `acquireDetailed`, and watches the lease so its loss is reported (`deadline` on the
    * clock of `options.clockOriginMs`).
    */
-  acquireLease(key: string, ttlMs: number, autoExtend: boolean, wait: WaitSettings | undefined | null, cancelId: number, maxHoldMs?: number | undefined | null, write?: boolean | undefined | null): Promise<{ token: string, fence: number | null, validForMs: number, deadline: number, attempts: number } | { token: null, attempts: number }>
+  acquireLease(key: string, ttlMs: number, autoExtend: boolean, wait: WaitSettings | undefined | null, cancelId: number, maxHoldMs?: number | undefined | null, write?: boolean | undefined | null, also?: Array<string> | undefined | null): Promise<{ token: string, fence: number | null, validForMs: number, deadline: number, attempts: number } | { token: null, attempts: number }>
   /** Stops the waiting acquire registered under `cancelId`, if it still waits. */
   cancel(cancelId: number): void
   /**
@@ -47,6 +47,13 @@ export declare class NativeLocker {
   release(key: string, token: string): Promise<boolean>
   /** Sets the lock's TTL if `token` owns it. Resolves to whether it did. */
   extend(key: string, token: string, ttlMs: number): Promise<boolean>
+  /**
+   * Deletes each of the keys `token` owns (a lock over several resources). Resolves to
+   * whether every one was its. Tracking stops at once.
+   */
+  releaseAll(keys: Array<string>, token: string): Promise<boolean>
+  /** Sets the TTL of every key if `token` owns every one. Resolves to whether it did. */
+  extendAll(keys: Array<string>, token: string, ttlMs: number): Promise<boolean>
   /** A semaphore's permits held now (a lock: 1 if held, else 0). */
   count(key: string): Promise<number>
   /** Whether anybody holds the lock at `key`. */

@@ -105,6 +105,9 @@ pub struct AcquireSpec {
     pub max_hold: Option<Duration>,
     /// A read-write lock's write side (else its read side); ignored by other Locks.
     pub write: bool,
+    /// A lock over several resources: its other keys, all taken with `key` or none (a Lock's
+    /// only; `key` is the first of them in the caller's order).
+    pub also: Vec<String>,
 }
 
 /// A call of the lock API.
@@ -136,12 +139,25 @@ pub enum Call {
     ExtendMany {
         items: Vec<(String, String, Duration)>,
     },
+    /// Releases a lock over several resources: `Flag(true)` if every key held the token.
+    ReleaseAll {
+        keys: Vec<String>,
+        token: String,
+    },
+    /// Extends a lock over several resources: `Flag(true)` if every key held the token.
+    ExtendAll {
+        keys: Vec<String>,
+        token: String,
+        ttl: Duration,
+    },
 }
 
 /// A lock taken.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     pub key: String,
+    /// A lock over several resources: its other keys.
+    pub also: Vec<String>,
     pub token: String,
     /// The fencing token: strictly increasing per lock key. `None` when fencing is off.
     pub fence: Option<i64>,
@@ -243,6 +259,27 @@ enum OpKind {
     Count,
     ExtendMany {
         n: usize,
+    },
+    /// A lock over several resources, one slot's keys at a time in slot order (`groups`);
+    /// `next` is the group this op sent. Refused or failed: the groups before it go back.
+    AcquireAll {
+        spec: AcquireSpec,
+        token: String,
+        groups: Vec<Vec<String>>,
+        next: usize,
+        /// When the first group was sent: the lease's TTL counts from then.
+        first_sent: Option<Instant>,
+    },
+    /// ReleaseAll / ExtendAll, one group at a time; `done`: keys released, or every group
+    /// extended so far.
+    EachGroup {
+        token: String,
+        /// `Some(ttl)`: an extend; `None`: a release.
+        ttl: Option<Duration>,
+        groups: Vec<Vec<String>>,
+        next: usize,
+        done: usize,
+        first_sent: Option<Instant>,
     },
 }
 
@@ -654,6 +691,14 @@ impl Core {
                 let request = self.count_request(key);
                 self.start(Owner::User(id), OpKind::Count, request, now)
             }
+            Call::ReleaseAll { keys, token } => {
+                let groups = self.groups_of(keys);
+                self.each_group(Owner::User(id), token, None, groups, now);
+            }
+            Call::ExtendAll { keys, token, ttl } => {
+                let groups = self.groups_of(keys);
+                self.each_group(Owner::User(id), token, Some(ttl), groups, now);
+            }
             Call::ExtendMany { items } => {
                 let n = items.len();
                 let items = items
@@ -704,7 +749,12 @@ impl Core {
             if !idle.is_empty() {
                 self.process(now);
             }
-        } else if let Some(id) = self.waits.heard(key) {
+        } else if let Some(id) = self
+            .waits
+            .heard(key)
+            .or_else(|| self.waits.heard_by(|spec| spec.also.iter().any(|k| k == key)))
+        {
+            // (The second: a lock over several resources waiting on one that is not its first.)
             self.attempt(id, now);
             self.process(now);
         }
@@ -782,7 +832,7 @@ impl Core {
             .join(id, &key, spec, WaitPlan::new(retry, now), now)
         {
             Start::Attempt => self.attempt(id, now),
-            Start::WaitUntil(_) => self.events.push(Event::Watch(key)),
+            Start::WaitUntil(_) => self.watch_keys(id, true),
             Start::GiveUp => {
                 self.waits.remove(id);
                 self.events
@@ -806,6 +856,9 @@ impl Core {
     /// One attempt, with a fresh token: a failed Redlock attempt is given back in the
     /// background, and that must never match a later attempt's grant.
     fn acquire(&mut self, owner: Owner, spec: AcquireSpec, now: Instant) {
+        if !spec.also.is_empty() {
+            return self.acquire_all(owner, spec, now);
+        }
         let token = new_token();
         let request = match self.family {
             Family::Semaphore => Request::SemAcquire {
@@ -880,12 +933,212 @@ impl Core {
         self.start(owner, OpKind::Acquire { spec, token }, request, now);
     }
 
+    // ---- locks over several resources ---------------------------------------------------
+
+    /// The keys of one call in the order they are taken: on a cluster one group per slot, in
+    /// slot order (every caller takes overlapping sets in the same order, and rolls back what
+    /// it took when a later group is held), elsewhere one group; keys sorted within a group.
+    fn groups_of(&self, mut keys: Vec<String>) -> Vec<Vec<String>> {
+        keys.sort();
+        keys.dedup();
+        if !self.is_cluster() {
+            return vec![keys];
+        }
+        let mut by_slot: std::collections::BTreeMap<u16, Vec<String>> = Default::default();
+        for key in keys {
+            by_slot.entry(keys::slot(&key)).or_default().push(key);
+        }
+        by_slot.into_values().collect()
+    }
+
+    fn acquire_all(&mut self, owner: Owner, spec: AcquireSpec, now: Instant) {
+        let refused = if self.family != Family::Lock {
+            Some("locks over several resources are for a Lock, not a Semaphore or ReadWriteLock")
+        } else if self.is_redlock() {
+            Some("locks over several resources need one master (a server, Sentinel or a cluster), not Redlock")
+        } else if spec.replicas.is_some() {
+            Some("replica acknowledgement is for a lock on one resource")
+        } else {
+            None
+        };
+        if let Some(why) = refused {
+            let err = EngineError::new(ErrorKind::Unsupported, why);
+            return self.deliver(owner, Outcome::Failed(err), now);
+        }
+        let mut keys = spec.also.clone();
+        keys.push(spec.key.clone());
+        let groups = self.groups_of(keys);
+        let token = new_token();
+        let request = Request::AcquireAll {
+            keys: groups[0].clone(),
+            token: token.clone(),
+            ttl_ms: ms(spec.ttl),
+        };
+        let kind = OpKind::AcquireAll {
+            spec,
+            token,
+            groups,
+            next: 0,
+            first_sent: None,
+        };
+        self.start(owner, kind, request, now);
+    }
+
+    /// Starts a ReleaseAll (`ttl` None) or ExtendAll over `groups`, from the first.
+    fn each_group(
+        &mut self,
+        owner: Owner,
+        token: String,
+        ttl: Option<Duration>,
+        groups: Vec<Vec<String>>,
+        now: Instant,
+    ) {
+        if self.is_redlock() || self.family != Family::Lock {
+            let err = EngineError::new(
+                ErrorKind::Unsupported,
+                "locks over several resources are for a Lock on one master (a server, Sentinel or a cluster)",
+            );
+            return self.deliver(owner, Outcome::Failed(err), now);
+        }
+        let request = group_request(&groups[0], &token, ttl);
+        let kind = OpKind::EachGroup {
+            token,
+            ttl,
+            groups,
+            next: 0,
+            done: 0,
+            first_sent: None,
+        };
+        self.start(owner, kind, request, now);
+    }
+
+    /// Gives back the groups a lock over several resources took (nobody waits for the reply).
+    fn give_back_groups(&mut self, groups: Vec<Vec<String>>, token: &str, now: Instant) {
+        for group in groups {
+            let request = Request::ReleaseAll {
+                keys: group.clone(),
+                token: token.to_owned(),
+            };
+            let kind = OpKind::EachGroup {
+                token: token.to_owned(),
+                ttl: None,
+                groups: vec![group],
+                next: 0,
+                done: 0,
+                first_sent: None,
+            };
+            self.start(Owner::Nobody, kind, request, now);
+        }
+    }
+
+    /// A group's answer: the next group goes out, or the op ends.
+    fn group_answer(&mut self, op: Op, answered: Answered, sent_at: Option<Instant>, now: Instant) {
+        let owner = op.owner;
+        match op.kind {
+            OpKind::AcquireAll {
+                spec,
+                token,
+                mut groups,
+                next,
+                first_sent,
+            } => {
+                let first_sent = first_sent.or(sent_at).unwrap_or(now);
+                let outcome = match answered {
+                    Answered::Reply(Reply::Acquired(Some(_))) if next + 1 < groups.len() => {
+                        let request = Request::AcquireAll {
+                            keys: groups[next + 1].clone(),
+                            token: token.clone(),
+                            ttl_ms: ms(spec.ttl),
+                        };
+                        let kind = OpKind::AcquireAll {
+                            spec,
+                            token,
+                            groups,
+                            next: next + 1,
+                            first_sent: Some(first_sent),
+                        };
+                        return self.start(owner, kind, request, now);
+                    }
+                    Answered::Reply(Reply::Acquired(Some(_))) => {
+                        return self.deliver(
+                            owner,
+                            Outcome::Granted(self.grant(spec, token, None, first_sent)),
+                            now,
+                        );
+                    }
+                    Answered::Reply(Reply::Acquired(None)) => Outcome::Refused { attempts: 1 },
+                    Answered::Failed { error, .. } => Outcome::Failed(error),
+                    _ => Outcome::Failed(EngineError::new(
+                        ErrorKind::Redis,
+                        "a reply of the wrong kind",
+                    )),
+                };
+                // Held (or failed) at group `next`: what the groups before it took goes back.
+                // (A group whose reply was lost is given back by its connection.)
+                groups.truncate(next);
+                self.give_back_groups(groups, &token, now);
+                self.deliver(owner, outcome, now)
+            }
+            OpKind::EachGroup {
+                token,
+                ttl,
+                groups,
+                next,
+                done,
+                first_sent,
+            } => {
+                let first_sent = first_sent.or(sent_at).unwrap_or(now);
+                let done = match (&answered, ttl) {
+                    (Answered::Reply(Reply::Count(n)), None) => {
+                        done + usize::try_from(*n).unwrap_or(0)
+                    }
+                    (Answered::Reply(Reply::Flag(true)), Some(_)) => done + 1,
+                    (Answered::Reply(Reply::Flag(false)), Some(_)) => done,
+                    (Answered::Failed { error, .. }, _) => {
+                        return self.deliver(owner, Outcome::Failed(error.clone()), now);
+                    }
+                    _ => {
+                        let err = EngineError::new(ErrorKind::Redis, "a reply of the wrong kind");
+                        return self.deliver(owner, Outcome::Failed(err), now);
+                    }
+                };
+                // An extend that found a group not held stops there: the lease is lost anyway.
+                let stop = ttl.is_some() && done <= next;
+                if next + 1 < groups.len() && !stop {
+                    let request = group_request(&groups[next + 1], &token, ttl);
+                    let kind = OpKind::EachGroup {
+                        token,
+                        ttl,
+                        groups,
+                        next: next + 1,
+                        done,
+                        first_sent: Some(first_sent),
+                    };
+                    return self.start(owner, kind, request, now);
+                }
+                let all = match ttl {
+                    None => done == groups.iter().map(Vec::len).sum::<usize>(),
+                    Some(_) => done == groups.len(),
+                };
+                if let (true, Some(ttl)) = (all, ttl) {
+                    self.events.push(Event::Extended {
+                        token,
+                        sent_at: first_sent,
+                        ttl,
+                    });
+                }
+                self.deliver(owner, Outcome::Flag(all), now)
+            }
+            _ => {}
+        }
+    }
+
     /// A waiter's attempt ended.
     fn attempted(&mut self, id: CallId, outcome: Outcome, now: Instant) {
         if self.waits.get(id).is_none() {
             // Cancelled or closed meanwhile: a lock this attempt took goes back at once.
             if let Outcome::Granted(grant) = outcome {
-                self.give_back(grant.key, grant.token, now);
+                self.give_back_grant(grant, now);
             }
             return;
         }
@@ -894,8 +1147,8 @@ impl Core {
                 let was_watching = self.waits.get(id).is_some_and(|w| w.watching);
                 match self.waits.held(id, now) {
                     Some(_) => {
-                        if !was_watching && let Some(w) = self.waits.get(id) {
-                            self.events.push(Event::Watch(w.key.clone()));
+                        if !was_watching {
+                            self.watch_keys(id, true);
                         }
                     }
                     None => {
@@ -920,9 +1173,37 @@ impl Core {
         }
         if waiter.watching {
             self.events.push(Event::Unwatch(waiter.key));
+            for key in waiter.spec.also {
+                self.events.push(Event::Unwatch(key));
+            }
         }
         self.events.push(Event::Done(id, outcome));
         true
+    }
+
+    /// Gives back a grant nobody will hold (its acquire was cancelled or closed meanwhile).
+    /// The waiter starts (`true`) listening for releases of each of its keys.
+    fn watch_keys(&mut self, id: CallId, watch: bool) {
+        let Some(w) = self.waits.get(id) else {
+            return;
+        };
+        for key in std::iter::once(&w.key).chain(&w.spec.also) {
+            self.events.push(if watch {
+                Event::Watch(key.clone())
+            } else {
+                Event::Unwatch(key.clone())
+            });
+        }
+    }
+
+    fn give_back_grant(&mut self, grant: Grant, now: Instant) {
+        if grant.also.is_empty() {
+            return self.give_back(grant.key, grant.token, now);
+        }
+        let mut keys = grant.also;
+        keys.push(grant.key);
+        let groups = self.groups_of(keys);
+        self.give_back_groups(groups, &grant.token, now);
     }
 
     fn give_back(&mut self, key: String, token: String, now: Instant) {
@@ -945,8 +1226,11 @@ impl Core {
             // published, and every waiter here tries when it hears it (`release_heard`).
             Turn::Nobody
         } else {
-            self.waits
-                .next_in_line(&key, |spec| spec.replicas.is_none())
+            // A lock over several resources may take its keys on other connections: it gets no
+            // hand-over (the release is published and it hears it).
+            self.waits.next_in_line(&key, |spec| {
+                spec.replicas.is_none() && spec.also.is_empty()
+            })
         };
         let (publish, open) = match turn {
             Turn::HandOver(_) => (false, false),
@@ -1083,6 +1367,12 @@ impl Core {
         let Some(op) = self.end_op(op_id) else {
             return;
         };
+        if matches!(
+            op.kind,
+            OpKind::AcquireAll { .. } | OpKind::EachGroup { .. }
+        ) {
+            return self.group_answer(op, answer.outcome, answer.sent_at, now);
+        }
         let extend_many = op.kind_is_extend_many();
         let outcome = match answer.outcome {
             Answered::Reply(reply) => self.single_outcome(op.kind, reply, answer.sent_at, now),
@@ -1158,6 +1448,7 @@ impl Core {
         Grant {
             deadline: deadline_at(sent_at + spec.ttl, spec.ttl, self.drift_factor),
             key: spec.key,
+            also: spec.also,
             token,
             fence,
             ttl: spec.ttl,
@@ -1175,7 +1466,7 @@ impl Core {
             Owner::Waiter(id) => self.attempted(id, outcome, now),
             Owner::Nobody => {
                 if let Outcome::Granted(grant) = outcome {
-                    self.give_back(grant.key, grant.token, now);
+                    self.give_back_grant(grant, now);
                 }
             }
         }
@@ -1457,7 +1748,10 @@ impl Core {
                     .map(|item| item.outcome("extend", false).map(|yes| yes.is_some()))
                     .collect(),
             ),
-            OpKind::Replicated { .. } => return,
+            // Never made over Redlock (`acquire_all`, `each_group`).
+            OpKind::Replicated { .. } | OpKind::AcquireAll { .. } | OpKind::EachGroup { .. } => {
+                return;
+            }
         };
         self.deliver(op.owner, outcome, now);
     }
@@ -1609,7 +1903,7 @@ impl Core {
         let Some(conn) = self.cluster_conn(host, *port, now) else {
             return;
         };
-        let Some((key, _)) = answer.request.released_lock() else {
+        let Some(key) = answer.request.routing_key() else {
             return;
         };
         let op = self.give_back_op(key, now);
@@ -1748,3 +2042,18 @@ fn ms(d: Duration) -> u64 {
 #[cfg(test)]
 #[path = "core_tests.rs"]
 mod tests;
+
+/// A ReleaseAll (`ttl` None) or ExtendAll of one group.
+fn group_request(keys: &[String], token: &str, ttl: Option<Duration>) -> Request {
+    match ttl {
+        None => Request::ReleaseAll {
+            keys: keys.to_vec(),
+            token: token.to_owned(),
+        },
+        Some(ttl) => Request::ExtendAll {
+            keys: keys.to_vec(),
+            token: token.to_owned(),
+            ttl_ms: ms(ttl),
+        },
+    }
+}

@@ -129,6 +129,7 @@ fn spec(key: &str) -> AcquireSpec {
         replicas: None,
         max_hold: None,
         write: false,
+        also: Vec::new(),
     }
 }
 

@@ -32,7 +32,7 @@ pub(crate) fn rw_mark_key(rw_key: &str) -> String {
     format!("{{{tag}}}:rw-waiting:{rw_key}")
 }
 
-const RELEASED_PREFIX: &str = "sdl:released:";
+pub(crate) const RELEASED_PREFIX: &str = "sdl:released:";
 
 /// The channel a v2 release publishes on, so waiters retry at once instead of polling.
 pub(crate) fn released_channel(lock_key: &str) -> String {

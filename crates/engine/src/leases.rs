@@ -65,6 +65,8 @@ pub fn safety_margin(ttl: Duration, drift_factor: f64) -> Duration {
 
 struct HeldLease {
     key: String,
+    /// A lock over several resources: its other keys (each extended with `key`).
+    also: Vec<String>,
     ttl: Duration,
     /// Auto-extension period; `None` for a lease that is only watched, or no longer extended.
     interval: Option<Duration>,
@@ -187,6 +189,7 @@ impl Leases {
             auto_extend.then(|| Duration::from_millis((ttl.as_millis() / 2).max(1) as u64));
         let lease = HeldLease {
             key: key.to_owned(),
+            also: grant.also.clone(),
             ttl,
             interval,
             auto_extended: auto_extend,
@@ -224,7 +227,7 @@ impl Leases {
         if state
             .leases
             .get(token)
-            .is_some_and(|lease| lease.key == key)
+            .is_some_and(|lease| lease.key == key || lease.also.iter().any(|k| k == key))
         {
             state.leases.remove(token);
         }
@@ -340,7 +343,10 @@ impl State {
             }
             if lease.interval.is_some() && !lease.extending {
                 lease.extending = true;
-                batch.push((token.clone(), lease.key.clone(), lease.ttl));
+                // A lock over several resources: an entry per key, side by side.
+                for key in std::iter::once(&lease.key).chain(&lease.also) {
+                    batch.push((token.clone(), key.clone(), lease.ttl));
+                }
             }
             // Guard the deadline while an extend is in flight, or until a watched lease ends.
             self.reschedule(&token, deadline);
@@ -386,6 +392,7 @@ async fn run(shared: Arc<Shared>) {
 async fn extend_batch(shared: Arc<Shared>, batch: Batch) {
     let sent_at = Instant::now();
     let results = extend_many(&shared.background, &batch).await;
+    let (batch, results) = per_lease(batch, results);
 
     let mut lost = Vec::new();
     let mut moved = Vec::new();
@@ -455,6 +462,29 @@ async fn extend_batch(shared: Arc<Shared>, batch: Batch) {
         on_extended(moved);
     }
     shared.report(lost);
+}
+
+/// One result per lease from one per key (a lock over several resources has an entry per key,
+/// side by side): lost if any key is not held any more, else failed if any extend failed.
+fn per_lease(batch: Batch, results: Vec<EngineResult<bool>>) -> (Batch, Vec<EngineResult<bool>>) {
+    let mut leases: Batch = Vec::with_capacity(batch.len());
+    let mut merged: Vec<EngineResult<bool>> = Vec::with_capacity(results.len());
+    for (entry, result) in batch.into_iter().zip(results) {
+        let same = leases.last().is_some_and(|(token, _, _)| *token == entry.0);
+        if !same {
+            leases.push(entry);
+            merged.push(result);
+            continue;
+        }
+        if let Some(last) = merged.last_mut() {
+            *last = match (std::mem::replace(last, Ok(true)), result) {
+                (Ok(false), _) | (_, Ok(false)) => Ok(false),
+                (Err(err), _) | (_, Err(err)) => Err(err),
+                (Ok(true), Ok(true)) => Ok(true),
+            };
+        }
+    }
+    (leases, merged)
 }
 
 /// Extends many leases with as few round trips as the deployment allows: one script per 256

@@ -436,8 +436,14 @@ impl Locker {
     /// event-loop transport it comes out of the core, which the caller drains.
     pub fn submit(&self, id: CallId, call: Call) {
         let inner = &self.inner;
-        if let Call::Release { key, token } = &call {
-            inner.leases.forget(key, token);
+        match &call {
+            Call::Release { key, token } => inner.leases.forget(key, token),
+            Call::ReleaseAll { keys, token } => {
+                if let Some(key) = keys.first() {
+                    inner.leases.forget(key, token);
+                }
+            }
+            _ => {}
         }
         inner.watch_sentinel();
         // The event loop drains the core itself; on the runtime, a closed core has no driver
@@ -501,6 +507,7 @@ impl Locker {
                 replicas: options.replicas,
                 max_hold: options.max_hold,
                 write: false,
+                also: Vec::new(),
             },
             retry: waits.then_some(retry),
         };

@@ -43,6 +43,47 @@ for i = 1, #KEYS do
 end
 return extended"#;
 
+// ---- locks over several resources --------------------------------------------------------------
+// Each resource keeps its v1 key (a lock over [a, b] and a plain lock on a exclude each other);
+// one script takes, releases or extends every key of one Cluster slot at once.
+
+/// Takes every key, or none. KEYS: the locks. ARGV: token, ttl ms. Returns 1 if taken, else 0.
+pub(crate) const ACQUIRE_ALL_SOURCE: &str = r#"for i = 1, #KEYS do
+  if redis.call("exists", KEYS[i]) == 1 then
+    return 0
+  end
+end
+for i = 1, #KEYS do
+  redis.call("set", KEYS[i], ARGV[1], "PX", ARGV[2])
+end
+return 1"#;
+
+/// Deletes each key that holds the token and tells its waiters. KEYS: the locks. ARGV: token,
+/// release channel prefix ("" to tell nobody). Returns how many keys it deleted.
+pub(crate) const RELEASE_ALL_SOURCE: &str = r#"local released = 0
+for i = 1, #KEYS do
+  if redis.call("get", KEYS[i]) == ARGV[1] then
+    redis.call("del", KEYS[i])
+    released = released + 1
+    if ARGV[2] ~= "" then
+      redis.call("publish", ARGV[2] .. KEYS[i], "")
+    end
+  end
+end
+return released"#;
+
+/// Sets a new TTL on every key if every one holds the token; else touches none. KEYS: the
+/// locks. ARGV: token, ttl ms. Returns 1 if extended, else 0.
+pub(crate) const EXTEND_ALL_SOURCE: &str = r#"for i = 1, #KEYS do
+  if redis.call("get", KEYS[i]) ~= ARGV[1] then
+    return 0
+  end
+end
+for i = 1, #KEYS do
+  redis.call("pexpire", KEYS[i], ARGV[2])
+end
+return 1"#;
+
 // ---- semaphores -------------------------------------------------------------------------------
 // One sorted set per semaphore: member = a permit's token, score = its expiry in ms by the
 // server's clock (`TIME`, never the client's). Expired permits are dropped whenever the set is
@@ -260,9 +301,12 @@ pub(crate) enum Script {
     RwExtend,
     RwExtendMany,
     RwCount,
+    AcquireAll,
+    ReleaseAll,
+    ExtendAll,
 }
 
-static SHAS: LazyLock<[String; 14]> = LazyLock::new(|| {
+static SHAS: LazyLock<[String; 17]> = LazyLock::new(|| {
     [
         ACQUIRE_FENCED_SOURCE,
         RELEASE_SOURCE,
@@ -278,6 +322,9 @@ static SHAS: LazyLock<[String; 14]> = LazyLock::new(|| {
         RW_EXTEND_SOURCE,
         RW_EXTEND_MANY_SOURCE,
         RW_COUNT_SOURCE,
+        ACQUIRE_ALL_SOURCE,
+        RELEASE_ALL_SOURCE,
+        EXTEND_ALL_SOURCE,
     ]
     .map(|source| redis::Script::new(source).get_hash().to_owned())
 });
@@ -299,6 +346,9 @@ impl Script {
             Script::RwExtend => RW_EXTEND_SOURCE,
             Script::RwExtendMany => RW_EXTEND_MANY_SOURCE,
             Script::RwCount => RW_COUNT_SOURCE,
+            Script::AcquireAll => ACQUIRE_ALL_SOURCE,
+            Script::ReleaseAll => RELEASE_ALL_SOURCE,
+            Script::ExtendAll => EXTEND_ALL_SOURCE,
         }
     }
 
@@ -308,7 +358,7 @@ impl Script {
     }
 
     /// Its bit in a connection's set of scripts the server has cached.
-    pub(crate) fn bit(self) -> u16 {
-        1 << (self as u16)
+    pub(crate) fn bit(self) -> u32 {
+        1 << (self as u32)
     }
 }

@@ -343,6 +343,15 @@ impl<Id: Copy + Eq + std::hash::Hash + Ord, S> WaitQueue<Id, S> {
         (!self.waiters.get(&id)?.yielding).then_some(id)
     }
 
+    /// The first idle, non-yielding waiter whose spec `matches` (any key's), if any.
+    pub(crate) fn heard_by(&self, matches: impl Fn(&S) -> bool) -> Option<Id> {
+        self.waiters
+            .iter()
+            .filter(|(_, w)| !w.attempting && !w.yielding && w.watching && matches(&w.spec))
+            .map(|(id, _)| *id)
+            .min()
+    }
+
     /// Whether some waiter watches `key` (this Lock's subscriber listens for it).
     pub(crate) fn watched(&self, key: &str) -> bool {
         self.by_key.get(key).is_some_and(|q| {

@@ -37,7 +37,7 @@ use redis::Value;
 use crate::config::ServerConfig;
 use crate::error::{self, EngineError, ErrorKind};
 use crate::notice::Notice;
-use crate::proto::request::{Family, Reply, Request};
+use crate::proto::request::{Reply, Request};
 use crate::proto::resp::Decoder;
 
 /// Who made a request; chosen by the owner of the connection, handed back with the answer.
@@ -151,10 +151,8 @@ struct Sent {
 
 /// A lock that may have been taken for a token nobody holds.
 struct GiveBack {
-    key: String,
-    token: String,
-    /// A lock, a semaphore's permit or a side of a read-write lock.
-    family: Family,
+    /// The release that gives it back.
+    request: Request,
     /// Past this, the lock expired anyway.
     until: Instant,
 }
@@ -169,7 +167,7 @@ pub(crate) struct Conn {
     out: Vec<u8>,
     decoder: Decoder,
     /// Scripts this socket's server has cached (`Script::bit`).
-    scripts: u16,
+    scripts: u32,
     /// SCRIPT LOAD was refused: scripts go as EVAL.
     eval_only: bool,
     give_backs: Vec<GiveBack>,
@@ -256,13 +254,8 @@ impl Conn {
     }
 
     /// Sends `request` ahead of everything queued and nobody waits for its reply: a give-back.
-    fn give_back(&mut self, key: String, token: String, family: Family, until: Instant) {
-        self.give_backs.push(GiveBack {
-            key,
-            token,
-            family,
-            until,
-        });
+    fn give_back(&mut self, request: Request, until: Instant) {
+        self.give_backs.push(GiveBack { request, until });
     }
 
     /// Whether the transport should open a socket now.
@@ -544,9 +537,7 @@ impl Conn {
         self.retry_at = None;
         for give_back in std::mem::take(&mut self.give_backs) {
             if give_back.until > now {
-                let request =
-                    Request::give_back(give_back.family, give_back.key, give_back.token);
-                self.write(Purpose::Internal, request, now);
+                self.write(Purpose::Internal, give_back.request, now);
             }
         }
         self.pump(now);
@@ -810,20 +801,16 @@ impl Conn {
     fn lose(&mut self, sent: Sent, err: &EngineError, _now: Instant, give_back: bool) {
         if give_back {
             match (&sent.purpose, &sent.request) {
-                (Purpose::Call(_), request) if request.acquired_lock().is_some() => {
-                    if let Some((key, token, ttl_ms)) = request.acquired_lock() {
+                (Purpose::Call(_), request) => {
+                    if let Some((undo, ttl_ms)) = request.undo() {
                         let until = sent.sent_at + Duration::from_millis(ttl_ms);
-                        let family = request.family();
-                        self.give_back(key.to_owned(), token.to_owned(), family, until);
+                        self.give_back(undo, until);
                     }
                 }
                 (Purpose::Internal, request) if request.is_release() => {
                     // A give-back whose reply never came: it may not have run.
-                    if let Some((key, token)) = request.released_lock() {
-                        let until = sent.sent_at + self.settings.command_timeout * 10;
-                        let family = request.family();
-                        self.give_back(key.clone(), token.clone(), family, until);
-                    }
+                    let until = sent.sent_at + self.settings.command_timeout * 10;
+                    self.give_back(sent.request.clone(), until);
                 }
                 _ => {}
             }

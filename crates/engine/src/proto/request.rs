@@ -107,6 +107,23 @@ pub(crate) enum Request {
     RwCount {
         key: String,
     },
+    /// Every key of one slot, or none (a lock over several resources).
+    AcquireAll {
+        keys: Vec<String>,
+        token: String,
+        ttl_ms: u64,
+    },
+    /// Deletes each key holding the token; always tells waiters.
+    ReleaseAll {
+        keys: Vec<String>,
+        token: String,
+    },
+    /// Extends every key if every one holds the token.
+    ExtendAll {
+        keys: Vec<String>,
+        token: String,
+        ttl_ms: u64,
+    },
     /// `WAIT replicas timeout`.
     Wait {
         replicas: u32,
@@ -169,6 +186,9 @@ impl Request {
             Request::RwExtend { .. } => Some(Script::RwExtend),
             Request::RwExtendMany { .. } => Some(Script::RwExtendMany),
             Request::RwCount { .. } => Some(Script::RwCount),
+            Request::AcquireAll { .. } => Some(Script::AcquireAll),
+            Request::ReleaseAll { .. } => Some(Script::ReleaseAll),
+            Request::ExtendAll { .. } => Some(Script::ExtendAll),
             _ => None,
         }
     }
@@ -188,6 +208,9 @@ impl Request {
             | Request::RwRelease { key, .. }
             | Request::RwExtend { key, .. }
             | Request::RwCount { key } => Some(key),
+            Request::AcquireAll { keys, .. }
+            | Request::ReleaseAll { keys, .. }
+            | Request::ExtendAll { keys, .. } => keys.first().map(String::as_str),
             Request::ExtendMany { items }
             | Request::SemExtendMany { items }
             | Request::RwExtendMany { items } => {
@@ -197,8 +220,9 @@ impl Request {
         }
     }
 
-    /// For an acquire: (key, token, ttl ms), what giving it back needs.
-    pub(crate) fn acquired_lock(&self) -> Option<(&str, &str, u64)> {
+    /// For an acquire: the release that gives back what it may have taken, and its ttl ms
+    /// (past which there is nothing left to give back).
+    pub(crate) fn undo(&self) -> Option<(Request, u64)> {
         match self {
             Request::Acquire {
                 key, token, ttl_ms, ..
@@ -208,7 +232,21 @@ impl Request {
             }
             | Request::RwAcquire {
                 key, token, ttl_ms, ..
-            } => Some((key, token, *ttl_ms)),
+            } => Some((
+                Request::give_back(self.family(), key.clone(), token.clone()),
+                *ttl_ms,
+            )),
+            Request::AcquireAll {
+                keys,
+                token,
+                ttl_ms,
+            } => Some((
+                Request::ReleaseAll {
+                    keys: keys.clone(),
+                    token: token.clone(),
+                },
+                *ttl_ms,
+            )),
             _ => None,
         }
     }
@@ -251,7 +289,7 @@ impl Request {
         }
     }
 
-    /// The release that gives back what `acquired_lock` names, telling waiters.
+    /// The release of one key's hold, telling waiters.
     pub(crate) fn give_back(family: Family, key: String, token: String) -> Request {
         Request::release_of(family, key, token, true)
     }
@@ -260,18 +298,11 @@ impl Request {
     pub(crate) fn is_release(&self) -> bool {
         matches!(
             self,
-            Request::Release { .. } | Request::SemRelease { .. } | Request::RwRelease { .. }
+            Request::Release { .. }
+                | Request::SemRelease { .. }
+                | Request::RwRelease { .. }
+                | Request::ReleaseAll { .. }
         )
-    }
-
-    /// The released key and token, for a release of any family.
-    pub(crate) fn released_lock(&self) -> Option<(&String, &String)> {
-        match self {
-            Request::Release { key, token, .. }
-            | Request::SemRelease { key, token, .. }
-            | Request::RwRelease { key, token, .. } => Some((key, token)),
-            _ => None,
-        }
     }
 
     /// The release's `publish` flag, for a release of any family.
@@ -446,6 +477,46 @@ impl Request {
                     .collect();
                 return script_call(out, Script::RwExtendMany, with_source, &keys, &args);
             }
+            Request::AcquireAll {
+                keys,
+                token,
+                ttl_ms,
+            } => {
+                let ttl = ttl_ms.to_string();
+                let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+                return script_call(
+                    out,
+                    Script::AcquireAll,
+                    with_source,
+                    &keys,
+                    &[token.as_bytes(), ttl.as_bytes()],
+                );
+            }
+            Request::ReleaseAll { keys, token } => {
+                let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+                return script_call(
+                    out,
+                    Script::ReleaseAll,
+                    with_source,
+                    &keys,
+                    &[token.as_bytes(), keys::RELEASED_PREFIX.as_bytes()],
+                );
+            }
+            Request::ExtendAll {
+                keys,
+                token,
+                ttl_ms,
+            } => {
+                let ttl = ttl_ms.to_string();
+                let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+                return script_call(
+                    out,
+                    Script::ExtendAll,
+                    with_source,
+                    &keys,
+                    &[token.as_bytes(), ttl.as_bytes()],
+                );
+            }
             Request::RwCount { key } => {
                 let writer = keys::rw_writer_key(key);
                 return script_call(
@@ -499,9 +570,19 @@ impl Request {
                 Value::Nil => Ok(Reply::Acquired(None)),
                 other => unexpected(&other),
             },
-            Request::SemAcquire { .. } | Request::RwAcquire { .. } => match value {
-                Value::Int(1) => Ok(Reply::Acquired(Some(None))),
-                Value::Int(0) => Ok(Reply::Acquired(None)),
+            Request::SemAcquire { .. } | Request::RwAcquire { .. } | Request::AcquireAll { .. } => {
+                match value {
+                    Value::Int(1) => Ok(Reply::Acquired(Some(None))),
+                    Value::Int(0) => Ok(Reply::Acquired(None)),
+                    other => unexpected(&other),
+                }
+            }
+            Request::ReleaseAll { keys, .. } => match value {
+                Value::Int(n) if n >= 0 && n <= keys.len() as i64 => Ok(Reply::Count(n)),
+                other => unexpected(&other),
+            },
+            Request::ExtendAll { .. } => match value {
+                Value::Int(n @ (0 | 1)) => Ok(Reply::Flag(n == 1)),
                 other => unexpected(&other),
             },
             Request::SemCount { .. } | Request::RwCount { .. } => match value {
