@@ -149,6 +149,44 @@ describe('Redis Cluster', () => {
     await rw.close();
   });
 
+  test('a lock over resources on every master: all or none, rolled back when a later slot is held; [a, b] and [b, a] from two processes never overlap', async () => {
+    const nodes = cluster.startupNodes.map((n) => `redis://${n.host}:${n.port}`);
+    const lock = new Lock({ cluster: nodes }, { ttl: 5000 });
+    const other = new Lock({ cluster: nodes });
+    const check = cluster.ioredisCluster();
+    // Resources until every master serves one.
+    /** @type {Map<number, string>} */
+    const byMaster = new Map();
+    for (let i = 0; byMaster.size < 3; i++) {
+      const master = await cluster.masterForKey(`lock:multi:${i}`);
+      if (!byMaster.has(master)) byMaster.set(master, `multi:${i}`);
+    }
+    const resources = [...byMaster.values()];
+    const token = await lock.acquire(resources);
+    assert.ok(token);
+    for (const r of resources) assert.equal(await check.get(`lock:${r}`), token, `${r} on its master`);
+    assert.equal(await lock.extend(resources, token, 8000), true);
+    for (const r of resources) assert.ok((await check.pttl(`lock:${r}`)) > 7000, r);
+    assert.equal(await lock.release(resources, token), true);
+    // Hold each resource in turn: the lock over all of them is refused and leaves nothing.
+    for (const held of resources) {
+      const h = await other.acquire(held);
+      assert.ok(h);
+      assert.equal(await lock.acquire(resources), null, `${held} held`);
+      for (const r of resources.filter((x) => x !== held)) assert.equal(await check.exists(`lock:${r}`), 0, `${r} rolled back (${held} held)`);
+      await other.release(held, /** @type {string} */ (h));
+    }
+    await Promise.all([lock.close(), other.close()]);
+    const [a, b] = resources;
+    for (const key of [`multi:inside:${a}`, `multi:inside:${b}`, '{multi}:breaches', '{multi}:sections']) await check.del(key);
+    await runWorkers('multi-worker.mjs', [
+      { cluster: nodes, resources: [a, b], sections: 25 },
+      { cluster: nodes, resources: [b, a], sections: 25 },
+    ]);
+    assert.equal(Number(await check.get('{multi}:sections')), 50, 'every section ran');
+    assert.equal(Number(await check.get('{multi}:breaches')), 0, 'no two sections shared a resource');
+  });
+
   test('a master killed and its replica promoted: locks keep working, no call hangs', async () => {
     const lock = new Lock({ cluster: cluster.startupNodes.map((n) => `redis://${n.host}:${n.port}`) });
     const resource = 'failover-resource';

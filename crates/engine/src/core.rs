@@ -280,6 +280,8 @@ enum OpKind {
         next: usize,
         done: usize,
         first_sent: Option<Instant>,
+        /// A rollback: the outcome its owner gets once it is done (whatever it found).
+        then: Option<Box<Outcome>>,
     },
 }
 
@@ -1008,6 +1010,7 @@ impl Core {
             next: 0,
             done: 0,
             first_sent: None,
+            then: None,
         };
         self.start(owner, kind, request, now);
     }
@@ -1026,6 +1029,7 @@ impl Core {
                 next: 0,
                 done: 0,
                 first_sent: None,
+                then: None,
             };
             self.start(Owner::Nobody, kind, request, now);
         }
@@ -1073,11 +1077,24 @@ impl Core {
                         "a reply of the wrong kind",
                     )),
                 };
-                // Held (or failed) at group `next`: what the groups before it took goes back.
-                // (A group whose reply was lost is given back by its connection.)
+                // Held (or failed) at group `next`: what the groups before it took goes back
+                // first, so that the caller never sees a part of it still taken. (A group whose
+                // reply was lost is given back by its connection.)
                 groups.truncate(next);
-                self.give_back_groups(groups, &token, now);
-                self.deliver(owner, outcome, now)
+                if groups.is_empty() {
+                    return self.deliver(owner, outcome, now);
+                }
+                let request = group_request(&groups[0], &token, None);
+                let kind = OpKind::EachGroup {
+                    token,
+                    ttl: None,
+                    groups,
+                    next: 0,
+                    done: 0,
+                    first_sent: None,
+                    then: Some(Box::new(outcome)),
+                };
+                self.start(owner, kind, request, now)
             }
             OpKind::EachGroup {
                 token,
@@ -1086,8 +1103,14 @@ impl Core {
                 next,
                 done,
                 first_sent,
+                then,
             } => {
                 let first_sent = first_sent.or(sent_at).unwrap_or(now);
+                if then.is_some() && matches!(answered, Answered::Failed { .. }) {
+                    // A rollback that failed: its connection gives the keys back once it can.
+                    let outcome = then.map_or(Outcome::Refused { attempts: 1 }, |o| *o);
+                    return self.deliver(owner, outcome, now);
+                }
                 let done = match (&answered, ttl) {
                     (Answered::Reply(Reply::Count(n)), None) => {
                         done + usize::try_from(*n).unwrap_or(0)
@@ -1113,8 +1136,12 @@ impl Core {
                         next: next + 1,
                         done,
                         first_sent: Some(first_sent),
+                        then,
                     };
                     return self.start(owner, kind, request, now);
+                }
+                if let Some(outcome) = then {
+                    return self.deliver(owner, *outcome, now);
                 }
                 let all = match ttl {
                     None => done == groups.iter().map(Vec::len).sum::<usize>(),
