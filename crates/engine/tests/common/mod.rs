@@ -4,7 +4,9 @@
 
 pub mod topology;
 
+use std::collections::HashSet;
 use std::net::TcpListener;
+use std::sync::Mutex;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,11 +18,21 @@ pub struct RedisServer {
     extra_args: Vec<String>,
 }
 
+/// A port nothing listens on, never the same twice in one test binary: its tests run in
+/// parallel, and a port handed to one test's server must not go to another test's before that
+/// server has bound it (two clusters once shared a node that way).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if handed_out.get_or_insert_with(HashSet::new).insert(port) {
+            return port;
+        }
+    }
 }
 
 impl RedisServer {
