@@ -312,6 +312,24 @@ describe('Sentinel', () => {
     await rw.close();
   });
 
+  test('a lock over several resources behind Sentinel: all or none, released together', async () => {
+    const [sentinel] = group.sentinels;
+    const url = `redis+sentinel://${sentinel.host}:${sentinel.port}/${group.masterName}`;
+    const lock = new Lock(url);
+    const other = new Lock(url);
+    const held = await other.acquire('sentinel-multi:b');
+    assert.ok(held);
+    assert.equal(await lock.acquire(['sentinel-multi:a', 'sentinel-multi:b']), null);
+    assert.equal(await lock.isLocked('sentinel-multi:a'), false, 'nothing taken');
+    await other.release('sentinel-multi:b', held);
+    const token = await lock.acquire(['sentinel-multi:a', 'sentinel-multi:b']);
+    assert.ok(token);
+    assert.equal(await other.acquire('sentinel-multi:a'), null);
+    assert.equal(await lock.release(['sentinel-multi:a', 'sentinel-multi:b'], token), true);
+    assert.equal(await lock.isLocked('sentinel-multi:b'), false);
+    await Promise.all([lock.close(), other.close()]);
+  });
+
   test('a redis+sentinel:// URL', async () => {
     const [sentinel] = group.sentinels;
     const lock = new Lock(`redis+sentinel://${sentinel.host}:${sentinel.port}/${group.masterName}`);

@@ -52,7 +52,7 @@ export const SINGLE_IMPLS = ['ioredis', 'v1', 'v2', 'redlock', 'redis-semaphore'
  * build of this package (a checkout of an earlier commit, built), from the directory in
  * `SDL_BENCH_BEFORE`, to compare a change with what it replaces in one run.
  */
-export const EXTRA_IMPLS = ['v2-nofence', 'v2-before', 'v2-traced', 'v2-semaphore', 'redis-semaphore-semaphore', 'v2-rwlock'];
+export const EXTRA_IMPLS = ['v2-nofence', 'v2-before', 'v2-traced', 'v2-semaphore', 'redis-semaphore-semaphore', 'v2-rwlock', 'v2-multi'];
 
 /** Permits of the semaphore rows (`--impls v2-semaphore,redis-semaphore-semaphore`): 1, so that the bench's checks (a second acquire of a held resource fails) hold. */
 const SEMAPHORE_PERMITS = 1;
@@ -65,6 +65,7 @@ export const LABELS = /** @type {Record<string, string>} */ ({
   'v2-traced': 'v2, every tracing channel subscribed',
   'v2-semaphore': `v2 Semaphore (${SEMAPHORE_PERMITS} permits)`,
   'v2-rwlock': 'v2 ReadWriteLock (write side)',
+  'v2-multi': 'v2 Lock over 2 resources',
   'redis-semaphore-semaphore': `redis-semaphore 5 Semaphore (${SEMAPHORE_PERMITS} permits)`,
   'v2-before': `v2 as built in ${process.env.SDL_BENCH_BEFORE ?? '$SDL_BENCH_BEFORE'}`,
   redlock: 'redlock 5.0.0-beta.2',
@@ -122,6 +123,8 @@ export async function createImpl(name, target) {
       return semaphoreSemaphore(ports[0]);
     case 'v2-rwlock':
       return v2ReadWriteLock(ports[0]);
+    case 'v2-multi':
+      return v2Multi(ports[0]);
     default:
       throw new Error(`unknown implementation "${name}"`);
   }
@@ -252,6 +255,30 @@ async function v2Semaphore(port) {
     holdHow: 'n/a',
     lostCount: () => null,
     close: () => sem.close(),
+  };
+}
+
+/**
+ * v2's lock over several resources: each acquire takes `<resource>` and `<resource>:pair` in one
+ * script (all or none), each release gives both back.
+ * @param {number} port @returns {Promise<Impl>}
+ */
+async function v2Multi(port) {
+  /** @type {typeof import('simple-distributed-lock')} */
+  const { Lock } = await import('simple-distributed-lock');
+  const lock = new Lock(`redis://127.0.0.1:${port}`);
+  await lock.isLocked('bench:warm-connection');
+  return {
+    name: 'v2-multi',
+    redisKey: (resource) => `lock:${resource}`,
+    acquire: (resource, ttl) => lock.acquire([resource, `${resource}:pair`], { ttl }),
+    release: (resource, token) => lock.release([resource, `${resource}:pair`], token),
+    withLock: null,
+    withLockHow: 'n/a',
+    hold: null,
+    holdHow: 'n/a',
+    lostCount: () => null,
+    close: () => lock.close(),
   };
 }
 
