@@ -40,17 +40,23 @@ after(async () => {
  * the history and the checker's verdict.
  * @param {string} resource
  * @param {number} runMs
- * @param {(ctx: { lockServer: RedisServer, proxies: FaultProxy[], workers: import('node:child_process').ChildProcess[], freshHolder: () => Promise<number> }) => Promise<void>} fault
- * @param {{ lateWrites?: boolean }} [options]
+ * @param {(ctx: { lockServer: RedisServer, lockServers: RedisServer[], proxies: FaultProxy[], proxiesTo: FaultProxy[][], workers: import('node:child_process').ChildProcess[], freshHolder: () => Promise<number> }) => Promise<void>} fault
+ * @param {{ lateWrites?: boolean, serverArgs?: string[], masters?: number }} [options] `masters`:
+ *   Redlock over that many servers (each worker through a proxy of its own to each)
  */
 async function scenario(resource, runMs, fault, options = {}) {
-  const lockServer = await RedisServer.start();
-  const proxies = await Promise.all(Array.from({ length: WORKERS }, () => FaultProxy.start({ port: lockServer.port })));
+  const lockServers = await Promise.all(Array.from({ length: options.masters ?? 1 }, () => RedisServer.start(options.serverArgs ?? [])));
+  const lockServer = lockServers[lockServers.length - 1];
+  // proxiesTo[m][w]: worker w's proxy to server m.
+  const proxiesTo = await Promise.all(lockServers.map((server) => Promise.all(Array.from({ length: WORKERS }, () => FaultProxy.start({ port: server.port })))));
+  const proxies = proxiesTo[proxiesTo.length - 1];
   const until = Date.now() + runMs;
   /** @type {string[]} */
   const outputs = Array.from({ length: WORKERS }, () => '');
-  const workers = proxies.map((proxy, id) => {
-    const config = { lockUrl: proxy.url, storeUrl: store.url, resource, id, ttl: TTL, steps: STEPS, until, lateWrites: options.lateWrites ?? false };
+  const workers = proxies.map((_, id) => {
+    const urls = proxiesTo.map((toServer) => toServer[id].url);
+    const lockUrl = urls.length === 1 ? urls[0] : urls;
+    const config = { lockUrl, storeUrl: store.url, resource, id, ttl: TTL, steps: STEPS, until, lateWrites: options.lateWrites ?? false };
     const child = spawn(process.execPath, [WORKER, JSON.stringify(config)], { stdio: ['ignore', 'pipe', 'pipe'] });
     child.stdout.on('data', (d) => (outputs[id] += d));
     child.stderr.on('data', (d) => (outputs[id] += d));
@@ -80,13 +86,13 @@ async function scenario(resource, runMs, fault, options = {}) {
       await sleep(20);
     }
     await sleep(Math.min(1000, runMs / 4));
-    await fault({ lockServer, proxies, workers, freshHolder });
+    await fault({ lockServer, lockServers, proxies, proxiesTo, workers, freshHolder });
     const codes = await Promise.race([Promise.all(exits), sleep(runMs + 30000, 'timeout', { ref: false })]);
     assert.deepEqual(codes, Array(WORKERS).fill(0), `every worker ends well:\n${outputs.join('\n')}`);
   } finally {
     for (const child of workers) child.kill('SIGKILL');
-    for (const proxy of proxies) await proxy.stop();
-    await lockServer.stop();
+    for (const proxy of proxiesTo.flat()) await proxy.stop();
+    for (const server of lockServers) await server.stop();
   }
   const raw = await storeRaw.lrange(`history:${resource}:sections`, 0, -1);
   /** @type {import('./helpers/history.mjs').Section[]} */
@@ -159,6 +165,61 @@ test('Redis SIGSTOPped for 2x ttl, then resumed: no overlap, and the workers car
   const verdict = verdictOf('Redis stopped', sections, summary);
   assert.ok(verdict.lost >= 1, 'the lease held while Redis was stopped was lost');
   assert.ok(sections.some((s) => s.accepted > 0 && s.start > resumedAt), 'sections ran and wrote after Redis resumed');
+});
+
+test('CLIENT PAUSE for 2x ttl, longer than the command timeout: calls time out, no overlap, the workers carry on', async () => {
+  let resumedAt = 0;
+  const { sections, summary } = await scenario('hist-client-pause', 5000, async ({ lockServer, freshHolder }) => {
+    await freshHolder();
+    const admin = lockServer.client();
+    await admin.call('CLIENT', 'PAUSE', String(2 * TTL), 'ALL');
+    admin.disconnect();
+    await sleep(2 * TTL);
+    resumedAt = Date.now();
+  });
+  const verdict = verdictOf('CLIENT PAUSE', sections, summary);
+  assert.ok(verdict.lost >= 1, 'the lease held through the pause was lost');
+  assert.ok(sections.some((s) => s.accepted > 0 && s.start > resumedAt), 'sections ran and wrote after the pause');
+});
+
+test('DEBUG SLEEP for 2x ttl (the server busy, sockets open): no overlap, and the workers carry on', async () => {
+  let resumedAt = 0;
+  const { sections, summary } = await scenario(
+    'hist-debug-sleep',
+    5000,
+    async ({ lockServer, freshHolder }) => {
+      await freshHolder();
+      const admin = lockServer.client();
+      await admin.call('DEBUG', 'SLEEP', String((2 * TTL) / 1000)); // answers when the sleep ends
+      admin.disconnect();
+      resumedAt = Date.now();
+    },
+    { serverArgs: ['--enable-debug-command', 'yes'] },
+  );
+  const verdict = verdictOf('DEBUG SLEEP', sections, summary);
+  assert.ok(verdict.lost >= 1, 'the lease held through the sleep was lost');
+  assert.ok(sections.some((s) => s.accepted > 0 && s.start > resumedAt), 'sections ran and wrote after the sleep');
+});
+
+test('Redlock over 3 masters with one partitioned from every worker for 4x ttl, then healed: no overlap, locks kept coming', async () => {
+  let cutAt = 0;
+  let healedAt = 0;
+  const { sections, summary } = await scenario(
+    'hist-redlock-minority',
+    6000,
+    async ({ proxiesTo, freshHolder }) => {
+      await freshHolder();
+      for (const proxy of proxiesTo[0]) proxy.blackhole('both');
+      cutAt = Date.now();
+      await sleep(4 * TTL);
+      for (const proxy of proxiesTo[0]) proxy.heal();
+      healedAt = Date.now();
+    },
+    { masters: 3 },
+  );
+  verdictOf('Redlock minority partitioned', sections, summary);
+  assert.ok(sections.some((s) => s.accepted > 0 && s.start > cutAt && s.start < healedAt), 'a majority kept granting while a master was cut off');
+  assert.ok(sections.some((s) => s.accepted > 0 && s.start > healedAt), 'and after it came back');
 });
 
 test('Redis killed and restarted empty while a lease is held: the store refuses the fences that start over', async () => {
