@@ -509,7 +509,11 @@ unsafe extern "C" fn on_poll(handle: *mut uv::Handle, status: c_int, events: c_i
         with_lane(lane, |lane| {
             let (conn, epoch) = (poll_data.conn, poll_data.epoch);
             if status < 0 {
-                let why = format!("the event loop reported error {status} on the socket");
+                // libuv reports a socket in error (POLLERR) as UV_EBADF; the socket knows why.
+                let why = match poll_data.stream.borrow().take_error() {
+                    Some(err) => format!("the socket failed: {err}"),
+                    None => format!("the event loop reported error {status} on the socket"),
+                };
                 crate::lock_core(&lane.locker).socket_closed(conn, epoch, &why, Instant::now());
             } else {
                 if events & uv::WRITABLE != 0 {

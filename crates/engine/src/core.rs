@@ -751,11 +751,10 @@ impl Core {
             if !idle.is_empty() {
                 self.process(now);
             }
-        } else if let Some(id) = self
-            .waits
-            .heard(key)
-            .or_else(|| self.waits.heard_by(|spec| spec.also.iter().any(|k| k == key)))
-        {
+        } else if let Some(id) = self.waits.heard(key).or_else(|| {
+            self.waits
+                .heard_by(|spec| spec.also.iter().any(|k| k == key))
+        }) {
             // (The second: a lock over several resources waiting on one that is not its first.)
             self.attempt(id, now);
             self.process(now);
@@ -957,7 +956,9 @@ impl Core {
         let refused = if self.family != Family::Lock {
             Some("locks over several resources are for a Lock, not a Semaphore or ReadWriteLock")
         } else if self.is_redlock() {
-            Some("locks over several resources need one master (a server, Sentinel or a cluster), not Redlock")
+            Some(
+                "locks over several resources need one master (a server, Sentinel or a cluster), not Redlock",
+            )
         } else if spec.replicas.is_some() {
             Some("replica acknowledgement is for a lock on one resource")
         } else {
@@ -1255,9 +1256,8 @@ impl Core {
         } else {
             // A lock over several resources may take its keys on other connections: it gets no
             // hand-over (the release is published and it hears it).
-            self.waits.next_in_line(&key, |spec| {
-                spec.replicas.is_none() && spec.also.is_empty()
-            })
+            self.waits
+                .next_in_line(&key, |spec| spec.replicas.is_none() && spec.also.is_empty())
         };
         let (publish, open) = match turn {
             Turn::HandOver(_) => (false, false),

@@ -1246,7 +1246,10 @@ fn a_read_write_core_marks_a_waiting_writer_releases_in_the_open_and_wakes_every
     let sent = h.commands(0);
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(sent[0][1], crate::scripts::Script::RwRelease.sha());
-    assert_eq!(sent[0].last().unwrap(), &crate::keys::released_channel("rw"));
+    assert_eq!(
+        sent[0].last().unwrap(),
+        &crate::keys::released_channel("rw")
+    );
     h.answer(0, &[b":2\r\n"]);
     // Heard: every waiter tries, first come first.
     h.core.release_heard("rw", h.now);

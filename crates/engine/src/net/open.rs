@@ -114,6 +114,15 @@ impl StdStream {
         }
     }
 
+    /// The socket's pending error (`SO_ERROR`), if any: what a poll that failed was about.
+    pub fn take_error(&self) -> Option<std::io::Error> {
+        match self {
+            StdStream::Tcp(s) => s.take_error().ok().flatten(),
+            #[cfg(unix)]
+            StdStream::Unix(s) => s.take_error().ok().flatten(),
+        }
+    }
+
     pub fn set_nonblocking(&self) -> std::io::Result<()> {
         match self {
             StdStream::Tcp(s) => s.set_nonblocking(true),

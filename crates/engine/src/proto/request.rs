@@ -213,9 +213,7 @@ impl Request {
             | Request::ExtendAll { keys, .. } => keys.first().map(String::as_str),
             Request::ExtendMany { items }
             | Request::SemExtendMany { items }
-            | Request::RwExtendMany { items } => {
-                items.first().map(|i| i.key.as_str())
-            }
+            | Request::RwExtendMany { items } => items.first().map(|i| i.key.as_str()),
             _ => None,
         }
     }
@@ -599,12 +597,10 @@ impl Request {
             Request::Extend { .. }
             | Request::Exists { .. }
             | Request::SemExtend { .. }
-            | Request::RwExtend { .. } => {
-                match value {
-                    Value::Int(n @ (0 | 1)) => Ok(Reply::Flag(n == 1)),
-                    other => unexpected(&other),
-                }
-            }
+            | Request::RwExtend { .. } => match value {
+                Value::Int(n @ (0 | 1)) => Ok(Reply::Flag(n == 1)),
+                other => unexpected(&other),
+            },
             Request::ExtendMany { items }
             | Request::SemExtendMany { items }
             | Request::RwExtendMany { items } => match value {

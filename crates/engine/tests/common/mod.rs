@@ -6,8 +6,8 @@ pub mod topology;
 
 use std::collections::HashSet;
 use std::net::TcpListener;
-use std::sync::Mutex;
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use sdl_engine::{AcquireOptions, RetryPolicy, ServerConfig};
