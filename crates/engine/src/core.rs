@@ -971,9 +971,23 @@ impl Core {
         let mut keys = spec.also.clone();
         keys.push(spec.key.clone());
         let groups = self.groups_of(keys);
-        let token = new_token();
+        self.acquire_group(owner, spec, new_token(), groups, 0, None, now);
+    }
+
+    /// Sends group `next` of a lock over several resources.
+    #[allow(clippy::too_many_arguments)]
+    fn acquire_group(
+        &mut self,
+        owner: Owner,
+        spec: AcquireSpec,
+        token: String,
+        groups: Vec<Vec<String>>,
+        next: usize,
+        first_sent: Option<Instant>,
+        now: Instant,
+    ) {
         let request = Request::AcquireAll {
-            keys: groups[0].clone(),
+            keys: groups[next].clone(),
             token: token.clone(),
             ttl_ms: ms(spec.ttl),
         };
@@ -981,8 +995,8 @@ impl Core {
             spec,
             token,
             groups,
-            next: 0,
-            first_sent: None,
+            next,
+            first_sent,
         };
         self.start(owner, kind, request, now);
     }
@@ -1050,19 +1064,16 @@ impl Core {
                 let first_sent = first_sent.or(sent_at).unwrap_or(now);
                 let outcome = match answered {
                     Answered::Reply(Reply::Acquired(Some(_))) if next + 1 < groups.len() => {
-                        let request = Request::AcquireAll {
-                            keys: groups[next + 1].clone(),
-                            token: token.clone(),
-                            ttl_ms: ms(spec.ttl),
-                        };
-                        let kind = OpKind::AcquireAll {
+                        let first_sent = Some(first_sent);
+                        return self.acquire_group(
+                            owner,
                             spec,
                             token,
                             groups,
-                            next: next + 1,
-                            first_sent: Some(first_sent),
-                        };
-                        return self.start(owner, kind, request, now);
+                            next + 1,
+                            first_sent,
+                            now,
+                        );
                     }
                     Answered::Reply(Reply::Acquired(Some(_))) => {
                         return self.deliver(

@@ -386,11 +386,7 @@ impl Request {
             Request::ExtendMany { items } | Request::SemExtendMany { items } => {
                 let ttls: Vec<String> = items.iter().map(|i| i.ttl_ms.to_string()).collect();
                 let keys: Vec<&[u8]> = items.iter().map(|i| i.key.as_bytes()).collect();
-                let args: Vec<&[u8]> = items
-                    .iter()
-                    .zip(&ttls)
-                    .flat_map(|(i, ttl)| [i.token.as_bytes(), ttl.as_bytes()])
-                    .collect();
+                let args = token_ttl_args(items, &ttls);
                 let script = self.script().unwrap_or(Script::ExtendMany);
                 return script_call(out, script, with_source, &keys, &args);
             }
@@ -468,23 +464,25 @@ impl Request {
                     .zip(&writers)
                     .flat_map(|(i, writer)| [i.key.as_bytes(), writer.as_bytes()])
                     .collect();
-                let args: Vec<&[u8]> = items
-                    .iter()
-                    .zip(&ttls)
-                    .flat_map(|(i, ttl)| [i.token.as_bytes(), ttl.as_bytes()])
-                    .collect();
+                let args = token_ttl_args(items, &ttls);
                 return script_call(out, Script::RwExtendMany, with_source, &keys, &args);
             }
             Request::AcquireAll {
                 keys,
                 token,
                 ttl_ms,
+            }
+            | Request::ExtendAll {
+                keys,
+                token,
+                ttl_ms,
             } => {
                 let ttl = ttl_ms.to_string();
                 let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+                let script = self.script().unwrap_or(Script::AcquireAll);
                 return script_call(
                     out,
-                    Script::AcquireAll,
+                    script,
                     with_source,
                     &keys,
                     &[token.as_bytes(), ttl.as_bytes()],
@@ -498,21 +496,6 @@ impl Request {
                     with_source,
                     &keys,
                     &[token.as_bytes(), keys::RELEASED_PREFIX.as_bytes()],
-                );
-            }
-            Request::ExtendAll {
-                keys,
-                token,
-                ttl_ms,
-            } => {
-                let ttl = ttl_ms.to_string();
-                let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
-                return script_call(
-                    out,
-                    Script::ExtendAll,
-                    with_source,
-                    &keys,
-                    &[token.as_bytes(), ttl.as_bytes()],
                 );
             }
             Request::RwCount { key } => {
@@ -637,6 +620,15 @@ impl Request {
             Request::ClusterSlots => slot_ranges(&value).map(Reply::Slots),
         }
     }
+}
+
+/// ARGV of a batch extend: token 1, ttl 1, ..., token n, ttl n (`ttls`: the items' ttls, as text).
+fn token_ttl_args<'a>(items: &'a [ExtendItem], ttls: &'a [String]) -> Vec<&'a [u8]> {
+    items
+        .iter()
+        .zip(ttls)
+        .flat_map(|(i, ttl)| [i.token.as_bytes(), ttl.as_bytes()])
+        .collect()
 }
 
 /// `EVALSHA sha numkeys keys... args...`, or `EVAL source ...`.
