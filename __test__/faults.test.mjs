@@ -193,3 +193,33 @@ test(`an acquire sent into a partition ('both' blackhole): no key is left 3 s af
     await proxy.stop();
   }
 });
+
+test(`a waiter partitioned while it waits ('both' blackhole): it settles within its waitTimeout and a command timeout, and waits again after the heal (lane ${lane})`, async () => {
+  const proxy = await FaultProxy.start({ port: server.port });
+  const waiter = new Lock(proxy.url, { commandTimeout: 500, connectTimeout: 500 });
+  const holder = new Lock(server.url);
+  const resource = `faults:waiter:${lane}`;
+  try {
+    await warmUp(waiter, `${resource}:warm`);
+    const held = await holder.acquire(resource, { ttl: 30000 });
+    assert.ok(held);
+    const started = Date.now();
+    const waiting = settle(waiter.acquire(resource, { waitTimeout: 1500, retryDelay: 100 }));
+    await sleep(300); // it found the lock held and waits, polling
+    proxy.blackhole('both');
+    const result = await waiting;
+    const elapsed = Date.now() - started;
+    // Either the wait ran out (null) or a poll timed out in the partition (a connection error).
+    assert.ok(result === null || (typeof result === 'string' && result.startsWith('rejected: LockTimeoutError')) || (typeof result === 'string' && result.startsWith('rejected: LockConnectionError')), `settled with ${JSON.stringify(result)}`);
+    assert.ok(elapsed < 1500 + 500 + 1500, `settled after ${elapsed} ms (waitTimeout 1500, commandTimeout 500)`);
+    proxy.heal();
+    await holder.release(resource, held);
+    const again = await settle(waiter.acquire(resource, { waitTimeout: 3000, retryDelay: 100 }));
+    assert.equal(typeof again, 'string', `the waiter takes the lock after the heal: ${JSON.stringify(again)}`);
+    assert.match(/** @type {string} */ (again), /^[0-9a-f]{32}$/);
+    await waiter.release(resource, /** @type {string} */ (again));
+  } finally {
+    await Promise.all([waiter.close(), holder.close()]);
+    await proxy.stop();
+  }
+});
