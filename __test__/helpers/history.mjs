@@ -3,7 +3,9 @@
 // (see fixtures/history-worker.mjs). Mutual exclusion as a user relies on it: no two sections
 // may overlap while both had writes accepted by the fenced store, counting a section from its
 // grant (`start`) to its last accepted write's check (`lastWrite`: `lease.throwIfLost()` had just
-// returned). All workers run on this machine, so their `Date.now()` is one clock.
+// returned). All workers run on this machine, so their clock (`performance.timeOrigin +
+// performance.now()`, epoch ms with a fraction: a release and the next grant are often in the
+// same millisecond) is one clock.
 
 /**
  * @typedef {object} Section
