@@ -2,7 +2,10 @@
 // Private redis-server processes on free ports, for tests that stop, kill or configure Redis.
 
 import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Redis } from 'ioredis';
 
 /** @returns {Promise<number>} */
@@ -58,6 +61,27 @@ function tlsArgs(port) {
   ];
 }
 
+/**
+ * `SDL_TEST_TOPOLOGY=sentinel`: a server a test starts with `RedisServer.start()` is a master
+ * behind a sentinel of its own; `url` is `redis+sentinel://` and `client()` asks the sentinel,
+ * so a Lock made from either finds the master through Sentinel, and the same suites run over
+ * Sentinel (`npm test` does this for the API, lease and waiting suites). Servers the topology
+ * helpers start are left alone.
+ */
+const TOPOLOGY = process.env.SDL_TEST_TOPOLOGY ?? 'single';
+const SENTINEL_MASTER = 'sdl-test';
+/** Sentinels still running, killed when the test process exits however it ends. */
+const liveSentinels = new Set();
+process.on('exit', () => {
+  for (const child of liveSentinels) child.kill('SIGKILL');
+});
+
+/** `--requirepass x` among redis-server arguments: x, else null. @param {string[]} args */
+function passwordIn(args) {
+  const at = args.indexOf('--requirepass');
+  return at >= 0 && at + 1 < args.length ? args[at + 1] : null;
+}
+
 export class RedisServer {
   /** @param {number} port @param {string[]} args */
   constructor(port, args) {
@@ -67,13 +91,51 @@ export class RedisServer {
     this.child = null;
     /** @type {Redis[]} */
     this.clients = [];
+    /** SDL_TEST_TOPOLOGY=sentinel: the sentinel in front of it. @type {{ port: number, child: import('node:child_process').ChildProcess, dir: string } | null} */
+    this.sentinel = null;
   }
 
   /** @param {string[]} [args] extra redis-server arguments, e.g. ['--requirepass', 'x'] */
   static async start(args = []) {
     const server = new RedisServer(await freePort(), args);
     await server.spawn();
+    if (TOPOLOGY === 'sentinel') await server.startSentinel();
     return server;
+  }
+
+  /** A sentinel monitoring this server, and ready to name it. */
+  async startSentinel() {
+    const port = await freePort();
+    const dir = mkdtempSync(join(tmpdir(), 'sdl-front-sentinel-'));
+    const configFile = join(dir, 'sentinel.conf');
+    const password = passwordIn(this.args);
+    writeFileSync(
+      configFile,
+      [
+        `port ${port}`,
+        'bind 127.0.0.1',
+        `dir ${dir}`,
+        `sentinel monitor ${SENTINEL_MASTER} 127.0.0.1 ${this.port} 1`,
+        ...(password === null ? [] : [`sentinel auth-pass ${SENTINEL_MASTER} ${password}`]),
+        '',
+      ].join('\n'),
+    );
+    const child = spawn(SERVER_BINARY, [configFile, '--sentinel'], { stdio: 'ignore' });
+    this.sentinel = { port, child, dir };
+    liveSentinels.add(child);
+    await waitForPort(port, 10000);
+    const ask = new Redis({ port, host: '127.0.0.1', lazyConnect: false, maxRetriesPerRequest: 1 });
+    ask.on('error', () => {});
+    try {
+      for (let tries = 0; ; tries++) {
+        const master = /** @type {string[] | null} */ (await ask.call('SENTINEL', 'GET-MASTER-ADDR-BY-NAME', SENTINEL_MASTER).catch(() => null));
+        if (master && Number(master[1]) === this.port) break;
+        if (tries > 200) throw new Error(`sentinel ${port} does not name the master ${this.port}`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    } finally {
+      ask.disconnect();
+    }
   }
 
   async spawn() {
@@ -90,6 +152,7 @@ export class RedisServer {
   }
 
   get url() {
+    if (this.sentinel) return `redis+sentinel://127.0.0.1:${this.sentinel.port}/${SENTINEL_MASTER}`;
     return `${TLS_DIR ? 'rediss' : 'redis'}://127.0.0.1:${this.port}`;
   }
 
@@ -114,7 +177,8 @@ export class RedisServer {
    */
   client(options = {}) {
     const tls = TLS_DIR ? { tls: {} } : {};
-    const client = new Redis({ port: this.port, host: '127.0.0.1', lazyConnect: false, maxRetriesPerRequest: 1, ...tls, ...options });
+    const where = this.sentinel ? { sentinels: [{ host: '127.0.0.1', port: this.sentinel.port }], name: SENTINEL_MASTER } : { port: this.port, host: '127.0.0.1' };
+    const client = new Redis({ ...where, lazyConnect: false, maxRetriesPerRequest: 1, ...tls, ...options });
     client.on('error', () => {});
     this.clients.push(client);
     return client;
@@ -124,5 +188,11 @@ export class RedisServer {
     for (const client of this.clients) client.disconnect();
     this.clients = [];
     await this.kill();
+    if (this.sentinel) {
+      this.sentinel.child.kill('SIGKILL');
+      liveSentinels.delete(this.sentinel.child);
+      rmSync(this.sentinel.dir, { recursive: true, force: true });
+      this.sentinel = null;
+    }
   }
 }
