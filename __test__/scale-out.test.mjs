@@ -284,7 +284,10 @@ describe('Sentinel', () => {
       running = false;
       await worker;
       assert.ok(sections > 0);
-      for (const code of errors) assert.match(code, /^ERR_LOCK_(CONNECTION|TIMEOUT|REDIS)$/);
+      // Clear errors only. A section whose release met the failover leaves its lock held until
+      // the release is sent again to the new master (or its ttl): a using meanwhile may run out
+      // of retries (ERR_LOCK_NOT_ACQUIRED).
+      for (const code of errors) assert.match(code, /^ERR_LOCK_(CONNECTION|TIMEOUT|REDIS|NOT_ACQUIRED)$/);
 
       // New acquisitions land on the new master, and the replicated lock survived there.
       const after = await lock.acquire('sentinel-after');

@@ -1271,3 +1271,70 @@ fn a_read_write_lock_over_redlock_is_refused() {
     let err = h.core.set_read_write().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unsupported);
 }
+
+#[test]
+fn a_release_whose_reply_is_lost_is_sent_again_first_on_the_next_socket() {
+    let mut h = Harness::single();
+    h.open_all();
+    h.core.call(
+        1,
+        Call::Release {
+            key: "k".into(),
+            token: "mine".into(),
+        },
+        h.now,
+    );
+    let sent = h.commands(0);
+    assert_eq!(sent[0][1], crate::scripts::Script::Release.sha());
+    let epoch = h.epoch(0);
+    h.core.socket_closed(0, epoch, "reset", h.now);
+    h.epochs[0] = None;
+    let done = h.done();
+    assert!(
+        matches!(&done[..], [(1, Outcome::Failed(_))]),
+        "its caller is told: {done:?}"
+    );
+    h.open_all();
+    let written = h.commands(0);
+    assert_eq!(written.len(), 1, "{written:?}");
+    assert_eq!(written[0][1], crate::scripts::Script::Release.sha());
+    assert_eq!(written[0][4], "mine", "the same token");
+    assert_eq!(
+        written[0][5],
+        crate::keys::released_channel("k"),
+        "and it tells waiters"
+    );
+}
+
+#[test]
+fn a_release_a_replica_refused_with_readonly_is_sent_again_to_the_next_socket() {
+    let mut h = Harness::single();
+    h.open_all();
+    h.core.call(
+        1,
+        Call::Release {
+            key: "k".into(),
+            token: "mine".into(),
+        },
+        h.now,
+    );
+    let _ = h.commands(0);
+    h.answer(
+        0,
+        &[b"-READONLY You can't write against a read only replica.\r\n"],
+    );
+    let done = h.done();
+    assert!(
+        matches!(&done[..], [(1, Outcome::Failed(e))] if e.message().contains("READONLY")),
+        "its caller is told: {done:?}"
+    );
+    assert!(
+        h.core.live_epoch(0).is_none(),
+        "the socket to the replica is dropped"
+    );
+    h.open_all();
+    let written = h.commands(0);
+    assert_eq!(written.len(), 1, "{written:?}");
+    assert_eq!(written[0][1], crate::scripts::Script::Release.sha());
+    assert_eq!(written[0][4], "mine");
+}

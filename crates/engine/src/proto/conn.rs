@@ -16,7 +16,8 @@
 //!   socket died. Requests in flight when a socket breaks fail: nobody knows whether they ran.
 //! - **Unknown acquires are given back.** An acquire whose outcome is unknown (its socket broke,
 //!   its reply timed out) may have taken the lock for a token nobody holds: once a socket is
-//!   open again, its release is sent first, before anything that waited.
+//!   open again, its release is sent first, before anything that waited. A release whose
+//!   outcome is unknown is sent again the same way.
 //! - **Scripts.** The first use of a script on a socket is preceded by SCRIPT LOAD in the same
 //!   write, so a fresh or restarted server costs no extra round trip; a NOSCRIPT (SCRIPT FLUSH
 //!   under a live socket) is answered by sending the script itself (EVAL): one more round trip.
@@ -643,6 +644,11 @@ impl Conn {
             let error = error::server_error(&code, err.details(), &target);
             match sent.purpose {
                 Purpose::Call(tag) => {
+                    // A replica refused the write, so it did not run: a release is sent again
+                    // on the next socket, to the master (else the lock stays for its ttl).
+                    let again = (code == "READONLY")
+                        .then(|| sent.request.resent_release())
+                        .flatten();
                     self.answers.push(Answer {
                         tag,
                         request: sent.request,
@@ -660,6 +666,9 @@ impl Conn {
                         );
                         self.broken(err, now);
                         self.retry_at = None;
+                        if let Some(again) = again {
+                            self.give_back(again, now + self.settings.command_timeout * 10);
+                        }
                     }
                 }
                 Purpose::Handshake => self.handshake_failed(error, now),
@@ -805,6 +814,13 @@ impl Conn {
                     if let Some((undo, ttl_ms)) = request.undo() {
                         let until = sent.sent_at + Duration::from_millis(ttl_ms);
                         self.give_back(undo, until);
+                    } else if let Some(again) = request.resent_release() {
+                        // A release that may not have run: sent again once a socket is open (it
+                        // deletes only the caller's own token, so a second run is harmless), so
+                        // that the lock does not stay held for the rest of its ttl. Its caller
+                        // was told it failed; the lease was no longer tracked anyway.
+                        let until = sent.sent_at + self.settings.command_timeout * 10;
+                        self.give_back(again, until);
                     }
                 }
                 (Purpose::Internal, request) if request.is_release() => {

@@ -287,6 +287,22 @@ impl Request {
         }
     }
 
+    /// For a release: the same release, telling waiters (a hand-over's waiter attempt was lost
+    /// with it), to send again when its outcome is unknown.
+    pub(crate) fn resent_release(&self) -> Option<Request> {
+        match self {
+            Request::Release { key, token, .. }
+            | Request::SemRelease { key, token, .. }
+            | Request::RwRelease { key, token, .. } => Some(Request::give_back(
+                self.family(),
+                key.clone(),
+                token.clone(),
+            )),
+            Request::ReleaseAll { .. } => Some(self.clone()),
+            _ => None,
+        }
+    }
+
     /// The release of one key's hold, telling waiters.
     pub(crate) fn give_back(family: Family, key: String, token: String) -> Request {
         Request::release_of(family, key, token, true)
