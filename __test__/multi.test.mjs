@@ -142,13 +142,18 @@ test('bad input is refused before Redis; a Semaphore, a ReadWriteLock and Redloc
   await assert.rejects(lock.acquire([]), RangeError);
   await assert.rejects(lock.acquire(['a', /** @type {any} */ (1)]), (e) => e instanceof TypeError && /resource\[1\]/.test(e.message));
   await assert.rejects(lock.acquire(['a', '']), TypeError);
+  // eslint-disable-next-line no-sparse-arrays
+  await assert.rejects(lock.acquire(/** @type {any} */ (['a', , 'b'])), (e) => e instanceof TypeError && /resource\[1\]/.test(e.message));
+  await assert.rejects(lock.acquire(new Array(2)), TypeError);
   await assert.rejects(lock.release(Array.from({ length: 1001 }, (_, i) => `r${i}`), 'f'.repeat(32)), RangeError);
   await assert.rejects(lock.isLocked(/** @type {any} */ (['a'])), TypeError);
-  assert.equal(await raw.exists('lock:a'), 0, 'Redis unchanged');
+  assert.equal(await raw.exists('lock:a', 'lock:undefined'), 0, 'Redis unchanged');
   const sem = new Semaphore(server.url, { permits: 2 });
   await assert.rejects(sem.acquire(['a', 'b']), LockUnsupportedError);
   const rw = new ReadWriteLock(server.url);
   await assert.rejects(rw.acquireRead(/** @type {any} */ (['a', 'b'])), LockUnsupportedError);
+  await assert.rejects(rw.acquire(['a']), LockUnsupportedError, 'an array, even of one, is for a Lock');
+  await assert.rejects(sem.release(['a'], 'f'.repeat(32)), LockUnsupportedError);
   await Promise.all([lock.close(), sem.close(), rw.close()]);
   const masters = await startIndependentMasters(3);
   const redlock = new Lock(masters.map((m) => m.url));

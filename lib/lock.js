@@ -5,7 +5,7 @@
 
 const { performance } = require('node:perf_hooks');
 const { NativeLocker } = require('./native');
-const { BY_CODE, fromNative, LockAcquireError, LockLostError } = require('./errors');
+const { BY_CODE, fromNative, LockAcquireError, LockLostError, LockUnsupportedError } = require('./errors');
 const { resolveConnection } = require('./connection');
 const { Lease } = require('./lease');
 const { channels, trace, traced, debug, debugEnabled } = require('./observe');
@@ -113,6 +113,8 @@ class Lock {
   #redlock = false;
   /** A ReadWriteLock: acquires say which side they take (plain ones the write side). */
   #readWrite = false;
+  /** 'Semaphore' or 'ReadWriteLock' for those, else null (a Lock). @type {string | null} */
+  #kindName = null;
 
   /**
    * @param {unknown} redis an ioredis instance, a redis:// or rediss:// URL, or an options object
@@ -125,6 +127,7 @@ class Lock {
     const permits = known?.permits;
     const readWrite = known?.readWrite === true;
     this.#readWrite = readWrite;
+    this.#kindName = permits !== undefined ? 'Semaphore' : readWrite ? 'ReadWriteLock' : null;
     this.#ttl = validate.milliseconds('ttl', opts.ttl, DEFAULT_TTL_MS);
     const defaultPrefix = permits !== undefined ? DEFAULT_SEMAPHORE_PREFIX : readWrite ? DEFAULT_READ_WRITE_PREFIX : DEFAULT_PREFIX;
     const prefix = validate.text('prefix', opts.prefix, defaultPrefix);
@@ -220,6 +223,9 @@ class Lock {
    * @returns {Many}
    */
   #many(resource) {
+    if (this.#kindName !== null) {
+      throw new LockUnsupportedError(`locks over several resources are for a Lock, not a ${this.#kindName}`);
+    }
     const names = validate.resourceNames(resource);
     const keys = names.map((n) => this.#keyPrefix + n);
     return { name: names.join(', '), names, key: keys[0], also: keys.slice(1) };

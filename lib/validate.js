@@ -53,10 +53,14 @@ function resourceNames(resource) {
   if (!Array.isArray(resource)) return [resourceName(resource)];
   if (resource.length === 0) throw rangeError('resource', 'a non-empty array of resource names', resource);
   if (resource.length > MAX_RESOURCES) throw rangeError('resource', `an array of at most ${MAX_RESOURCES} resource names`, resource);
-  const names = resource.map((name, i) => {
+  /** @type {string[]} */
+  const names = [];
+  // By index: a sparse array's holes are undefined here, not skipped.
+  for (let i = 0; i < resource.length; i++) {
+    const name = resource[i];
     if (typeof name !== 'string' || name.length === 0) throw typeError(`resource[${i}]`, 'a non-empty string', name);
-    return name;
-  });
+    names.push(name);
+  }
   return [...new Set(names)].sort();
 }
 

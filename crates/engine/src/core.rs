@@ -282,6 +282,8 @@ enum OpKind {
         first_sent: Option<Instant>,
         /// A rollback: the outcome its owner gets once it is done (whatever it found).
         then: Option<Box<Outcome>>,
+        /// The first group that failed (a release goes on with the others).
+        error: Option<EngineError>,
     },
 }
 
@@ -874,12 +876,14 @@ impl Core {
                 ttl_ms: ms(spec.ttl),
                 write: spec.write,
                 // A writer that will try again keeps new readers out meanwhile, a little longer
-                // than its next try is away; a single attempt marks nothing.
+                // than its next try is away (never past its wait timeout); an attempt it would
+                // give up after, or a single attempt, marks nothing.
                 mark_ms: match owner {
                     Owner::Waiter(id) if spec.write => self
                         .waits
                         .get(id)
-                        .map_or(0, |w| ms(w.poll_gap() + WRITER_MARK_SLACK)),
+                        .and_then(|w| w.waits_on_for(now))
+                        .map_or(0, |gap| ms(gap + WRITER_MARK_SLACK)),
                     _ => 0,
                 },
             },
@@ -942,6 +946,9 @@ impl Core {
     fn groups_of(&self, mut keys: Vec<String>) -> Vec<Vec<String>> {
         keys.sort();
         keys.dedup();
+        if keys.is_empty() {
+            return Vec::new();
+        }
         if !self.is_cluster() {
             return vec![keys];
         }
@@ -1017,6 +1024,9 @@ impl Core {
             );
             return self.deliver(owner, Outcome::Failed(err), now);
         }
+        if groups.is_empty() {
+            return self.deliver(owner, Outcome::Flag(false), now);
+        }
         let request = group_request(&groups[0], &token, ttl);
         let kind = OpKind::EachGroup {
             token,
@@ -1026,6 +1036,7 @@ impl Core {
             done: 0,
             first_sent: None,
             then: None,
+            error: None,
         };
         self.start(owner, kind, request, now);
     }
@@ -1045,6 +1056,7 @@ impl Core {
                 done: 0,
                 first_sent: None,
                 then: None,
+                error: None,
             };
             self.start(Owner::Nobody, kind, request, now);
         }
@@ -1093,7 +1105,7 @@ impl Core {
                 // first, so that the caller never sees a part of it still taken. (A group whose
                 // reply was lost is given back by its connection.)
                 groups.truncate(next);
-                if groups.is_empty() {
+                if groups.is_empty() || self.closed {
                     return self.deliver(owner, outcome, now);
                 }
                 let request = group_request(&groups[0], &token, None);
@@ -1105,6 +1117,7 @@ impl Core {
                     done: 0,
                     first_sent: None,
                     then: Some(Box::new(outcome)),
+                    error: None,
                 };
                 self.start(owner, kind, request, now)
             }
@@ -1116,30 +1129,31 @@ impl Core {
                 done,
                 first_sent,
                 then,
+                mut error,
             } => {
                 let first_sent = first_sent.or(sent_at).unwrap_or(now);
-                if then.is_some() && matches!(answered, Answered::Failed { .. }) {
-                    // A rollback that failed: its connection gives the keys back once it can.
-                    let outcome = then.map_or(Outcome::Refused { attempts: 1 }, |o| *o);
-                    return self.deliver(owner, outcome, now);
-                }
-                let done = match (&answered, ttl) {
+                let done = match (answered, ttl) {
                     (Answered::Reply(Reply::Count(n)), None) => {
-                        done + usize::try_from(*n).unwrap_or(0)
+                        done + usize::try_from(n).unwrap_or(0)
                     }
                     (Answered::Reply(Reply::Flag(true)), Some(_)) => done + 1,
                     (Answered::Reply(Reply::Flag(false)), Some(_)) => done,
-                    (Answered::Failed { error, .. }, _) => {
-                        return self.deliver(owner, Outcome::Failed(error.clone()), now);
+                    (Answered::Failed { error: failed, .. }, _) => {
+                        // (A group whose reply was lost is sent again by its connection.)
+                        error.get_or_insert(failed);
+                        done
                     }
                     _ => {
                         let err = EngineError::new(ErrorKind::Redis, "a reply of the wrong kind");
-                        return self.deliver(owner, Outcome::Failed(err), now);
+                        error.get_or_insert(err);
+                        done
                     }
                 };
-                // An extend that found a group not held stops there: the lease is lost anyway.
-                let stop = ttl.is_some() && done <= next;
-                if next + 1 < groups.len() && !stop {
+                // A release (a rollback too) goes on through every group, past failed ones, so
+                // that nothing it could free stays held; an extend stops at the first group not
+                // extended (the lease is lost anyway).
+                let stop = ttl.is_some() && (error.is_some() || done <= next);
+                if next + 1 < groups.len() && !stop && !self.closed {
                     let request = group_request(&groups[next + 1], &token, ttl);
                     let kind = OpKind::EachGroup {
                         token,
@@ -1149,11 +1163,15 @@ impl Core {
                         done,
                         first_sent: Some(first_sent),
                         then,
+                        error,
                     };
                     return self.start(owner, kind, request, now);
                 }
                 if let Some(outcome) = then {
                     return self.deliver(owner, *outcome, now);
+                }
+                if let Some(err) = error {
+                    return self.deliver(owner, Outcome::Failed(err), now);
                 }
                 let all = match ttl {
                     None => done == groups.iter().map(Vec::len).sum::<usize>(),
@@ -1531,6 +1549,17 @@ impl Core {
         let Some(op) = self.end_op(op_id) else {
             return;
         };
+        if matches!(
+            op.kind,
+            OpKind::AcquireAll { .. } | OpKind::EachGroup { .. }
+        ) {
+            // Its other groups still need their rollback or release.
+            let failed = Answered::Failed {
+                error: err,
+                code: None,
+            };
+            return self.group_answer(op, failed, None, now);
+        }
         let outcome = match op.kind_is_extend_many() {
             Some(n) => Outcome::Flags(vec![Err(err); n]),
             None => Outcome::Failed(err),

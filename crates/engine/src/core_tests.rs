@@ -1338,3 +1338,84 @@ fn a_release_a_replica_refused_with_readonly_is_sent_again_to_the_next_socket() 
     assert_eq!(written[0][1], crate::scripts::Script::Release.sha());
     assert_eq!(written[0][4], "mine");
 }
+
+#[test]
+fn a_lock_over_several_resources_takes_one_script_on_one_server_and_an_empty_release_is_refused() {
+    let mut h = Harness::single();
+    h.open_all();
+    h.core.call(
+        1,
+        Call::Acquire {
+            spec: AcquireSpec {
+                also: vec!["b".into(), "c".into()],
+                ..spec("a")
+            },
+            retry: None,
+        },
+        h.now,
+    );
+    let sent = h.commands(0);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0][1], crate::scripts::Script::AcquireAll.sha());
+    assert_eq!(&sent[0][2..6], ["3", "a", "b", "c"]);
+    h.answer(0, &[b":0\r\n"]);
+    assert!(matches!(&h.done()[..], [(1, Outcome::Refused { .. })]));
+    // A release over several: every key in one script; an empty one is refused, not a panic.
+    h.core.call(
+        2,
+        Call::ReleaseAll {
+            keys: vec![],
+            token: "t".into(),
+        },
+        h.now,
+    );
+    assert!(matches!(&h.done()[..], [(2, Outcome::Flag(false))]));
+}
+
+#[test]
+fn on_a_cluster_slots_are_taken_in_order_and_a_refusal_rolls_back_every_earlier_one_even_past_a_failure()
+ {
+    let mut h = cluster();
+    // Slots: b 3300, c 7365, a 15495: taken b, c, a.
+    h.core.call(
+        1,
+        Call::Acquire {
+            spec: AcquireSpec {
+                also: vec!["b".into(), "c".into()],
+                ..spec("a")
+            },
+            retry: None,
+        },
+        h.now,
+    );
+    h.open_all();
+    let _ = h.commands(0); // CLUSTER SLOTS
+    h.answer(
+        0,
+        &[b"*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$9\r\n127.0.0.1\r\n:7000\r\n"],
+    );
+    let mut order = Vec::new();
+    for reply in [&b":1\r\n"[..], b":1\r\n"] {
+        let sent = h.commands(0);
+        assert_eq!(sent.len(), 1, "one group at a time: {sent:?}");
+        assert_eq!(sent[0][1], crate::scripts::Script::AcquireAll.sha());
+        order.push(sent[0][3].clone());
+        h.answer(0, &[reply]);
+        assert!(h.done().is_empty(), "not decided before the last group");
+    }
+    let sent = h.commands(0);
+    order.push(sent[0][3].clone());
+    assert_eq!(order, ["b", "c", "a"], "slot order");
+    h.answer(0, &[b":0\r\n"]); // a is held
+    // The rollback: b, then c even though b's release failed; then the refusal.
+    let sent = h.commands(0);
+    assert_eq!(sent[0][1], crate::scripts::Script::ReleaseAll.sha());
+    assert_eq!(sent[0][3], "b");
+    h.answer(0, &[b"-ERR boom\r\n"]);
+    assert!(h.done().is_empty(), "the refusal waits for the rollback");
+    let sent = h.commands(0);
+    assert_eq!(sent[0][1], crate::scripts::Script::ReleaseAll.sha());
+    assert_eq!(sent[0][3], "c");
+    h.answer(0, &[b":1\r\n"]);
+    assert!(matches!(&h.done()[..], [(1, Outcome::Refused { .. })]));
+}

@@ -116,9 +116,26 @@ pub(crate) struct Waiter<S> {
 }
 
 impl<S> Waiter<S> {
-    /// The longest a waiter goes between two tries it makes by itself.
-    pub(crate) fn poll_gap(&self) -> Duration {
-        self.plan.retry.retry_delay + self.plan.retry.retry_jitter
+    /// If the attempt it makes at `now` finds the lock held, how long it may still wait before
+    /// its next try by itself (at most its poll gap, never past its wait timeout); `None` if it
+    /// would then give up.
+    pub(crate) fn waits_on_for(&self, now: Instant) -> Option<Duration> {
+        let plan = &self.plan;
+        let timed = plan.next_poll.is_none_or(|at| now >= at);
+        if timed && plan.polls_left == Some(0) {
+            return None;
+        }
+        let mut gap = match plan.next_poll {
+            Some(at) if at > now => at - now,
+            _ => plan.retry.retry_delay + plan.retry.retry_jitter,
+        };
+        if let Some(until) = plan.wait_until {
+            if now >= until {
+                return None;
+            }
+            gap = gap.min(until - now);
+        }
+        Some(gap)
     }
 }
 
@@ -423,6 +440,41 @@ mod tests {
         let second = p.after_held(first).unwrap();
         assert_eq!(second, first + Duration::from_millis(100));
         assert_eq!(p.after_held(second), None);
+    }
+
+    #[test]
+    fn a_waiter_waits_on_no_longer_than_its_next_try_and_its_timeout_and_not_after_its_last() {
+        let t0 = Instant::now();
+        let mut q: WaitQueue<u32, ()> = WaitQueue::default();
+        // retryCount 1: the first attempt is followed by one more; after the second, nothing.
+        assert_eq!(
+            q.join(1, "k", (), plan(Some(1), 200, t0), t0),
+            Start::Attempt
+        );
+        q.attempting(1);
+        let w = q.get(1).unwrap();
+        assert_eq!(w.waits_on_for(t0), Some(Duration::from_millis(200)));
+        let next = q.held(1, t0).unwrap();
+        q.attempting(1);
+        assert_eq!(
+            q.get(1).unwrap().waits_on_for(next),
+            None,
+            "its last attempt"
+        );
+        // A long retryDelay under a short waitTimeout: the timeout bounds it.
+        let long = WaitPlan::new(
+            RetryPolicy {
+                retry_count: None,
+                retry_delay: Duration::from_millis(30_000),
+                wait_timeout: Some(Duration::from_millis(1000)),
+                ..RetryPolicy::ONCE
+            },
+            t0,
+        );
+        assert_eq!(q.join(2, "j", (), long, t0), Start::Attempt);
+        let w = q.get(2).unwrap();
+        assert_eq!(w.waits_on_for(t0), Some(Duration::from_millis(1000)));
+        assert_eq!(w.waits_on_for(t0 + Duration::from_millis(1000)), None);
     }
 
     #[test]

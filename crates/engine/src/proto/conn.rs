@@ -672,6 +672,14 @@ impl Conn {
                     }
                 }
                 Purpose::Handshake => self.handshake_failed(error, now),
+                Purpose::Internal if code == "READONLY" && sent.request.is_release() => {
+                    // A give-back a demoted master refused did not run: to the master, next.
+                    let err =
+                        error::connection_failed(&target, "the server is a replica now (READONLY)");
+                    self.broken(err, now);
+                    self.retry_at = None;
+                    self.give_back(sent.request, now + self.settings.command_timeout * 10);
+                }
                 Purpose::Internal => {
                     if let Request::LoadScript(_) = sent.request {
                         // SCRIPT LOAD refused (an ACL, a proxy): send every script itself from
