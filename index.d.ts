@@ -295,6 +295,12 @@ export declare class Semaphore extends Lock {
    * @throws {LockUnsupportedError} Redlock masters
    */
   constructor(redis: RedisConnection, options: SemaphoreOptions);
+  // One resource at a time: an array (a lock over several resources) rejects with LockUnsupportedError.
+  acquire(resource: string, opts?: AcquireOptions): Promise<string | null>;
+  acquireLease(resource: string, opts?: AcquireOptions): Promise<Lease | null>;
+  using<T>(resource: string, fn: (signal: AbortSignal, lease: Lease) => T | PromiseLike<T>, opts?: AcquireOptions): Promise<T>;
+  release(resource: string, token: string): Promise<boolean>;
+  extend(resource: string, token: string, ttl?: number): Promise<boolean>;
   /** Permits per resource. */
   readonly permits: number;
   /** Permits held on `resource` now (expired ones not counted). */
@@ -321,6 +327,17 @@ export declare class ReadWriteLock extends Lock {
    * @throws {LockUnsupportedError} Redlock masters
    */
   constructor(redis: RedisConnection, options?: ReadWriteLockOptions);
+  // One resource at a time: an array (a lock over several resources) rejects with LockUnsupportedError.
+  /** The write side, as `acquireWrite` but resolving to the token. */
+  acquire(resource: string, opts?: AcquireOptions): Promise<string | null>;
+  /** The write side (`acquireWrite`). */
+  acquireLease(resource: string, opts?: AcquireOptions): Promise<Lease | null>;
+  /** On the write side (`usingWrite`). */
+  using<T>(resource: string, fn: (signal: AbortSignal, lease: Lease) => T | PromiseLike<T>, opts?: AcquireOptions): Promise<T>;
+  /** Gives back either side. */
+  release(resource: string, token: string): Promise<boolean>;
+  /** Extends either side. */
+  extend(resource: string, token: string, ttl?: number): Promise<boolean>;
   /** Takes the read side (shared with readers); `null` if a writer holds or waits for it. */
   acquireRead(resource: string, opts?: AcquireOptions): Promise<Lease | null>;
   /** Takes the write side (alone); `null` if anybody holds it. */

@@ -107,15 +107,20 @@ function tokenOf(model, pick) {
   return pick < 0 || model.tokens.length === 0 ? 'f'.repeat(32) : model.tokens[pick % model.tokens.length];
 }
 
-/** @implements {fc.AsyncCommand<Model, Real>} */
-class Acquire {
-  /** @param {string | string[]} target @param {boolean} lease */
-  constructor(target, lease) {
-    this.target = target;
-    this.lease = lease;
-  }
+/** Every command can run in any model state (a bad or refused call is an outcome too). */
+class Command {
   check() {
     return true;
+  }
+}
+
+/** @implements {fc.AsyncCommand<Model, Real>} */
+class Acquire extends Command {
+  /** @param {string | string[]} target @param {boolean} lease */
+  constructor(target, lease) {
+    super();
+    this.target = target;
+    this.lease = lease;
   }
   /** @param {Model} model @param {Real} real */
   async run(model, real) {
@@ -140,14 +145,12 @@ class Acquire {
 }
 
 /** @implements {fc.AsyncCommand<Model, Real>} */
-class Release {
+class Release extends Command {
   /** @param {string | string[]} target @param {number} pick */
   constructor(target, pick) {
+    super();
     this.target = target;
     this.pick = pick;
-  }
-  check() {
-    return true;
   }
   /** @param {Model} model @param {Real} real */
   async run(model, real) {
@@ -168,14 +171,12 @@ class Release {
 }
 
 /** @implements {fc.AsyncCommand<Model, Real>} */
-class Extend {
+class Extend extends Command {
   /** @param {string | string[]} target @param {number} pick */
   constructor(target, pick) {
+    super();
     this.target = target;
     this.pick = pick;
-  }
-  check() {
-    return true;
   }
   /** @param {Model} model @param {Real} real */
   async run(model, real) {
@@ -192,13 +193,11 @@ class Extend {
 }
 
 /** @implements {fc.AsyncCommand<Model, Real>} */
-class IsLocked {
+class IsLocked extends Command {
   /** @param {string} resource */
   constructor(resource) {
+    super();
     this.resource = resource;
-  }
-  check() {
-    return true;
   }
   /** @param {Model} model @param {Real} real */
   async run(model, real) {
@@ -211,14 +210,12 @@ class IsLocked {
 }
 
 /** @implements {fc.AsyncCommand<Model, Real>} */
-class BadCall {
+class BadCall extends Command {
   /** @param {string} method @param {unknown[]} args */
   constructor(method, args) {
+    super();
     this.method = method;
     this.args = args;
-  }
-  check() {
-    return true;
   }
   /** @param {Model} model @param {Real} real */
   async run(model, real) {

@@ -83,8 +83,8 @@ let nextLockId = 1;
 
 /**
  * A lock over several resources, resolved: the name reported (theirs joined by ", "), the
- * names sorted, and the keys (the first apart).
- * @typedef {{ name: string, names: string[], key: string, also: string[] }} Many
+ * names sorted, their keys, and the first key and the others apart (as the engine takes them).
+ * @typedef {{ name: string, names: string[], keys: string[], key: string, also: string[] }} Many
  */
 
 class Lock {
@@ -228,7 +228,7 @@ class Lock {
     }
     const names = validate.resourceNames(resource);
     const keys = names.map((n) => this.#keyPrefix + n);
-    return { name: names.join(', '), names, key: keys[0], also: keys.slice(1) };
+    return { name: names.join(', '), names, keys, key: keys[0], also: keys.slice(1) };
   }
 
   /**
@@ -306,7 +306,7 @@ class Lock {
         if (lease) lease.released = true;
         this.#leases.delete(owner);
       }
-      const run = many ? () => this.#native.releaseAll([key, ...many.also], owner) : () => this.#native.release(key, owner);
+      const run = many ? () => this.#native.releaseAll(many.keys, owner) : () => this.#native.release(key, owner);
       if (!traced(channels.release)) return run();
       return trace(channels.release, this.#context(name), run, (c, released) => {
         c.outcome = released ? 'released' : 'not-owner';
@@ -331,7 +331,7 @@ class Lock {
       const owner = validate.ownerToken(token);
       const ms = validate.milliseconds('ttl', ttl, this.#ttl);
       const lease = this.#leases.size > 0 ? this.#leases.get(owner) : undefined;
-      const send = many ? () => this.#native.extendAll([key, ...many.also], owner, ms) : () => this.#native.extend(key, owner, ms);
+      const send = many ? () => this.#native.extendAll(many.keys, owner, ms) : () => this.#native.extend(key, owner, ms);
       if (!lease && !traced(channels.extend)) return send();
       const run = () => {
         if (!lease) return send();

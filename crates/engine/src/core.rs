@@ -697,11 +697,11 @@ impl Core {
             }
             Call::ReleaseAll { keys, token } => {
                 let groups = self.groups_of(keys);
-                self.each_group(Owner::User(id), token, None, groups, now);
+                self.each_group(Owner::User(id), token, None, groups, None, now);
             }
             Call::ExtendAll { keys, token, ttl } => {
                 let groups = self.groups_of(keys);
-                self.each_group(Owner::User(id), token, Some(ttl), groups, now);
+                self.each_group(Owner::User(id), token, Some(ttl), groups, None, now);
             }
             Call::ExtendMany { items } => {
                 let n = items.len();
@@ -835,7 +835,7 @@ impl Core {
             .join(id, &key, spec, WaitPlan::new(retry, now), now)
         {
             Start::Attempt => self.attempt(id, now),
-            Start::WaitUntil(_) => self.watch_keys(id, true),
+            Start::WaitUntil(_) => self.watch_keys(id),
             Start::GiveUp => {
                 self.waits.remove(id);
                 self.events
@@ -1008,13 +1008,15 @@ impl Core {
         self.start(owner, kind, request, now);
     }
 
-    /// Starts a ReleaseAll (`ttl` None) or ExtendAll over `groups`, from the first.
+    /// Starts a ReleaseAll (`ttl` None) or ExtendAll over `groups`, from the first; `then`: a
+    /// rollback's outcome, which its owner gets once every group was released.
     fn each_group(
         &mut self,
         owner: Owner,
         token: String,
         ttl: Option<Duration>,
         groups: Vec<Vec<String>>,
+        then: Option<Box<Outcome>>,
         now: Instant,
     ) {
         if self.is_redlock() || self.family != Family::Lock {
@@ -1025,7 +1027,8 @@ impl Core {
             return self.deliver(owner, Outcome::Failed(err), now);
         }
         if groups.is_empty() {
-            return self.deliver(owner, Outcome::Flag(false), now);
+            let outcome = then.map_or(Outcome::Flag(false), |o| *o);
+            return self.deliver(owner, outcome, now);
         }
         let request = group_request(&groups[0], &token, ttl);
         let kind = OpKind::EachGroup {
@@ -1035,31 +1038,10 @@ impl Core {
             next: 0,
             done: 0,
             first_sent: None,
-            then: None,
+            then,
             error: None,
         };
         self.start(owner, kind, request, now);
-    }
-
-    /// Gives back the groups a lock over several resources took (nobody waits for the reply).
-    fn give_back_groups(&mut self, groups: Vec<Vec<String>>, token: &str, now: Instant) {
-        for group in groups {
-            let request = Request::ReleaseAll {
-                keys: group.clone(),
-                token: token.to_owned(),
-            };
-            let kind = OpKind::EachGroup {
-                token: token.to_owned(),
-                ttl: None,
-                groups: vec![group],
-                next: 0,
-                done: 0,
-                first_sent: None,
-                then: None,
-                error: None,
-            };
-            self.start(Owner::Nobody, kind, request, now);
-        }
     }
 
     /// A group's answer: the next group goes out, or the op ends.
@@ -1105,21 +1087,10 @@ impl Core {
                 // first, so that the caller never sees a part of it still taken. (A group whose
                 // reply was lost is given back by its connection.)
                 groups.truncate(next);
-                if groups.is_empty() || self.closed {
+                if self.closed {
                     return self.deliver(owner, outcome, now);
                 }
-                let request = group_request(&groups[0], &token, None);
-                let kind = OpKind::EachGroup {
-                    token,
-                    ttl: None,
-                    groups,
-                    next: 0,
-                    done: 0,
-                    first_sent: None,
-                    then: Some(Box::new(outcome)),
-                    error: None,
-                };
-                self.start(owner, kind, request, now)
+                self.each_group(owner, token, None, groups, Some(Box::new(outcome)), now)
             }
             OpKind::EachGroup {
                 token,
@@ -1205,7 +1176,7 @@ impl Core {
                 match self.waits.held(id, now) {
                     Some(_) => {
                         if !was_watching {
-                            self.watch_keys(id, true);
+                            self.watch_keys(id);
                         }
                     }
                     None => {
@@ -1238,21 +1209,17 @@ impl Core {
         true
     }
 
-    /// Gives back a grant nobody will hold (its acquire was cancelled or closed meanwhile).
-    /// The waiter starts (`true`) listening for releases of each of its keys.
-    fn watch_keys(&mut self, id: CallId, watch: bool) {
+    /// The waiter starts listening for releases of each of its keys.
+    fn watch_keys(&mut self, id: CallId) {
         let Some(w) = self.waits.get(id) else {
             return;
         };
         for key in std::iter::once(&w.key).chain(&w.spec.also) {
-            self.events.push(if watch {
-                Event::Watch(key.clone())
-            } else {
-                Event::Unwatch(key.clone())
-            });
+            self.events.push(Event::Watch(key.clone()));
         }
     }
 
+    /// Gives back a grant nobody will hold (its acquire was cancelled or closed meanwhile).
     fn give_back_grant(&mut self, grant: Grant, now: Instant) {
         if grant.also.is_empty() {
             return self.give_back(grant.key, grant.token, now);
@@ -1260,7 +1227,7 @@ impl Core {
         let mut keys = grant.also;
         keys.push(grant.key);
         let groups = self.groups_of(keys);
-        self.give_back_groups(groups, &grant.token, now);
+        self.each_group(Owner::Nobody, grant.token, None, groups, None, now);
     }
 
     fn give_back(&mut self, key: String, token: String, now: Instant) {
