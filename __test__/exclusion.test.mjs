@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Lock } from 'simple-distributed-lock';
-import { RedisServer } from './helpers/redis-server.mjs';
+import { RedisServer, eachKey } from './helpers/redis-server.mjs';
 import { runWorkers } from './helpers/workers.mjs';
 
 const require = createRequire(import.meta.url);
@@ -36,7 +36,7 @@ after(async () => {
 async function contend(prefix, impls, iterations) {
   await runWorkers(
     'counter-worker.mjs',
-    impls.map((impl) => ({ impl, port: server.port, resource: 'counter-lock', iterations, prefix })),
+    impls.map((impl) => ({ impl, url: server.url, resource: 'counter-lock', iterations, prefix })),
   );
   const counter = Number(await raw.get(`${prefix}counter`));
   const violations = Number((await raw.get(`${prefix}violations`)) ?? 0);
@@ -96,17 +96,19 @@ test('v2 holds with autoExtend: v1 cannot take or release it, then takes it afte
 });
 
 test('both versions read the same key through ioredis db and keyPrefix', async () => {
-  const shared = server.client({ db: 2, keyPrefix: 'svc:' });
+  // A cluster has only database 0: there the two share the keyPrefix alone.
+  const db = server.cluster ? {} : { db: 2 };
+  const shared = server.client({ ...db, keyPrefix: 'svc:' });
   const v1 = new V1Lock(shared);
   const v2 = new Lock(shared);
   const v1Token = await v1.acquire('wire-c');
   assert.ok(v1Token);
-  assert.equal(await server.client({ db: 2 }).get('svc:lock:wire-c'), v1Token);
-  assert.equal(await v2.acquire('wire-c'), null, 'v2 sees the key v1 wrote (db 2, prefix svc:)');
+  assert.equal(await server.client(db).get('svc:lock:wire-c'), v1Token);
+  assert.equal(await v2.acquire('wire-c'), null, 'v2 sees the key v1 wrote (same db, prefix svc:)');
   assert.equal(await v2.release('wire-c', v1Token), true, 'the owner token works across versions');
   const v2Token = await v2.acquire('wire-c');
   assert.ok(v2Token);
-  assert.equal(await server.client({ db: 2 }).get('svc:lock:wire-c'), v2Token);
+  assert.equal(await server.client(db).get('svc:lock:wire-c'), v2Token);
   assert.equal(await v1.acquire('wire-c'), null);
   assert.equal(await v1.extend('wire-c', v2Token, 8000), true, 'same scripts, same layout');
 });
@@ -128,7 +130,7 @@ test('fairness: processes with steady demand for one lock take turns, none keeps
   // The race starts from a lock every process already waits for: the test holds it until each
   // worker's subscriber listens on its release channel, so a process that is slow to start (a
   // loaded machine) is not counted as starved while it was not yet asking.
-  await raw.del('fair:ready', 'fair:holders');
+  await eachKey.del(raw, 'fair:ready', 'fair:holders');
   const workers = 3;
   const sections = 15;
   const starter = new Lock(server.url);
@@ -139,7 +141,9 @@ test('fairness: processes with steady demand for one lock take turns, none keeps
     Array.from({ length: workers }, (_, id) => ({ url: server.url, resource: 'fair', id, workers, loops: 2, sections })),
   );
   finished.catch(() => {});
-  const listening = async () => Number((await raw.pubsub('NUMSUB', 'sdl:released:lock:fair'))[1]);
+  // Summed over every master: a cluster counts each subscriber on the node it is connected to.
+  const listening = async () =>
+    (await server.everyMaster('PUBSUB', 'NUMSUB', 'sdl:released:lock:fair')).reduce((/** @type {number} */ n, reply) => n + Number(/** @type {unknown[]} */ (reply)[1]), 0);
   for (let waited = 0; (await listening()) < workers; waited += 10) {
     assert.ok(waited < 30000, `only ${await listening()} of ${workers} workers listen for the release`);
     await sleep(10);

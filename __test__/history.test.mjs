@@ -62,7 +62,7 @@ async function scenario(resource, runMs, fault, options = {}) {
     child.stderr.on('data', (d) => (outputs[id] += d));
     return child;
   });
-  const exits = workers.map((child) => new Promise((resolve) => child.on('exit', (code, signal) => resolve(code ?? signal))));
+  const exits = workers.map((child) => new Promise((resolve) => child.on('close', (code, signal) => resolve(code ?? signal))));
   const lockRaw = lockServer.client();
   /**
    * Waits for a section to begin (the token on Redis changes), then names its worker: a fault

@@ -113,7 +113,7 @@ test('a holder SIGSTOPped past its ttl 100 times: checking remainingMs, it never
   const child = spawn(process.execPath, [script, JSON.stringify({ url: server.url, resource: 'checker', ttl, rounds })], {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
-  const exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve(code ?? signal)));
+  const exited = new Promise((resolve) => child.on('close', (code, signal) => resolve(code ?? signal)));
   let paused = 0;
   let pausing = false;
   let buffer = '';

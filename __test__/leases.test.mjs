@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { performance } from 'node:perf_hooks';
 import { Lock, LockLostError, LockError } from 'simple-distributed-lock';
-import { RedisServer } from './helpers/redis-server.mjs';
+import { RedisServer, eachKey } from './helpers/redis-server.mjs';
 import { runWorkers } from './helpers/workers.mjs';
 import { writeWithFence } from './helpers/fenced-store.mjs';
 import { fenceKey, slot } from './helpers/fences.mjs';
@@ -198,7 +198,7 @@ test('onLockLost: a callback that throws or rejects is never an unhandled reject
     const rejecting = new Lock(server.url, { onLockLost: async () => Promise.reject(new Error('async callback bug')) });
     assert.ok(await throwing.acquire('cb-throw', { ttl: 200, autoExtend: true }));
     assert.ok(await rejecting.acquire('cb-reject', { ttl: 200, autoExtend: true }));
-    await raw.del('lock:cb-throw', 'lock:cb-reject');
+    await eachKey.del(raw, 'lock:cb-throw', 'lock:cb-reject');
     await sleep(800);
     assert.ok(warnings.some((w) => w.includes('callback bug')), warnings.join('\n'));
     assert.ok(warnings.some((w) => w.includes('async callback bug')), warnings.join('\n'));
@@ -235,12 +235,12 @@ test('fences keep increasing after the lock key expired', async () => {
 });
 
 test('a holder paused past its ttl (SIGSTOP) cannot write to a store that checks fences', async () => {
-  await raw.del('store:highest-fence', 'store:writes', 'holder:fence', 'holder:go');
+  await eachKey.del(raw, '{store}:highest-fence', '{store}:writes', 'holder:fence', 'holder:go');
   const script = fileURLToPath(new URL('./fixtures/paused-holder.mjs', import.meta.url));
   const holder = spawn(process.execPath, [script, JSON.stringify({ url: server.url, ttl: 500 })], { stdio: ['ignore', 'pipe', 'inherit'] });
   let output = '';
   holder.stdout.on('data', (d) => (output += d));
-  const exited = new Promise((resolve) => holder.on('exit', resolve));
+  const exited = new Promise((resolve) => holder.on('close', resolve));
   try {
     let holderFence = null;
     for (let i = 0; i < 500 && holderFence === null; i++) {
@@ -260,7 +260,7 @@ test('a holder paused past its ttl (SIGSTOP) cannot write to a store that checks
     await exited;
     const report = JSON.parse(output);
     assert.equal(report.accepted, false, 'the stale holder was rejected');
-    assert.deepEqual(await raw.lrange('store:writes', 0, -1), ['from the new holder']);
+    assert.deepEqual(await raw.lrange('{store}:writes', 0, -1), ['from the new holder']);
     await next.release();
   } finally {
     holder.kill('SIGKILL');
@@ -304,14 +304,14 @@ test('signal: an aborted signal rejects with its reason, before and while waitin
 
 /** Lock commands Redis has run so far (background subscriber commands excluded). */
 async function calls() {
-  const info = await raw.info('commandstats');
+  const info = (await server.everyMaster('INFO', 'commandstats')).join('\n');
   return [...info.matchAll(/^cmdstat_(\w+):calls=(\d+)/gm)]
     .filter((m) => ['set', 'eval', 'evalsha'].includes(m[1]))
     .reduce((n, m) => n + Number(m[2]), 0);
 }
 
 test('a waiter takes a lock released by another v2 process long before retryDelay', async () => {
-  await raw.del('holder:ready', 'holder:released-at');
+  await eachKey.del(raw, 'holder:ready', 'holder:released-at');
   const holder = runWorkers('release-after.mjs', [{ url: server.url, resource: 'handover', holdMs: 400 }]);
   while ((await raw.get('holder:ready')) !== '1') await sleep(10);
   const lock = new Lock(server.url);
@@ -354,13 +354,18 @@ test('close: aborts the signals of held leases', async () => {
   assert.equal(lease.signal.reason.kind, 'closed');
 });
 
+/** Keys on every master. */
+async function dbsize() {
+  return (await server.everyMaster('DBSIZE')).reduce((/** @type {number} */ n, count) => n + Number(count), 0);
+}
+
 test('fencing: false keeps no counter and gives null fences', async () => {
   const lock = new Lock(server.url, { fencing: false });
-  const keysBefore = await raw.dbsize();
+  const keysBefore = await dbsize();
   const lease = await lock.acquireLease('unfenced');
   assert.ok(lease);
   assert.equal(lease.fence, null);
-  assert.equal(await raw.dbsize(), keysBefore + 1, 'only the lock key was written');
+  assert.equal(await dbsize(), keysBefore + 1, 'only the lock key was written');
 });
 
 test('waiters that time out, give up or are aborted under contention leave no lock behind', async () => {
@@ -419,7 +424,7 @@ test('a waiter is handed the lock even when Redis lost the release script (SCRIP
   assert.ok(held);
   const waiting = lock.acquire('noscript', { retryCount: 3, retryDelay: 10000 });
   await sleep(100);
-  await raw.script('FLUSH');
+  await server.everyMaster('SCRIPT', 'FLUSH');
   // The acquire script is cached again, the release script is not: the release's EVAL comes
   // back after the waiter's attempt, which found the lock still held.
   const warm = await lock.acquire('noscript:warm');

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Lock, ReadWriteLock, Semaphore, LockAcquireError, LockLostError, LockUnsupportedError } from 'simple-distributed-lock';
-import { RedisServer } from './helpers/redis-server.mjs';
+import { RedisServer, eachKey } from './helpers/redis-server.mjs';
 import { until } from './helpers/until.mjs';
 import { runWorkers } from './helpers/workers.mjs';
 import { startIndependentMasters, stopAll } from './helpers/topology.mjs';
@@ -36,11 +36,11 @@ test('all or none: one key held keeps the others untouched; then every key, one 
   const b = await other.acquire('aon:b');
   assert.ok(b);
   assert.equal(await lock.acquire(['aon:a', 'aon:b', 'aon:c']), null, 'b is held');
-  assert.equal(await raw.exists('lock:aon:a', 'lock:aon:c'), 0, 'nothing taken of the rest');
+  assert.equal(await eachKey.exists(raw, 'lock:aon:a', 'lock:aon:c'), 0, 'nothing taken of the rest');
   assert.equal(await other.release('aon:b', b), true);
   const token = await lock.acquire(['aon:c', 'aon:a', 'aon:b', 'aon:a']);
   assert.ok(token);
-  assert.deepEqual(await raw.mget('lock:aon:a', 'lock:aon:b', 'lock:aon:c'), [token, token, token], 'each resource on its v1 key');
+  assert.deepEqual(await eachKey.mget(raw, 'lock:aon:a', 'lock:aon:b', 'lock:aon:c'), [token, token, token], 'each resource on its v1 key');
   for (const key of ['lock:aon:a', 'lock:aon:b', 'lock:aon:c']) {
     const pttl = await raw.pttl(key);
     assert.ok(pttl > 2000 && pttl <= 3000, `${key}: ${pttl}`);
@@ -51,7 +51,7 @@ test('all or none: one key held keeps the others untouched; then every key, one 
   assert.equal(await lock.extend(['aon:a', 'aon:b', 'aon:d'], token, 9000), false, 'not every key is the token\'s');
   assert.ok((await raw.pttl('lock:aon:a')) <= 8000, 'then none is extended');
   assert.equal(await lock.release(['aon:a', 'aon:b', 'aon:c'], token), true);
-  assert.equal(await raw.exists('lock:aon:a', 'lock:aon:b', 'lock:aon:c'), 0);
+  assert.equal(await eachKey.exists(raw, 'lock:aon:a', 'lock:aon:b', 'lock:aon:c'), 0);
   assert.equal(await lock.release(['aon:a', 'aon:b'], token), false, 'released once');
   await Promise.all([lock.close(), other.close()]);
 });
@@ -72,7 +72,7 @@ test('v1 and v2 exclude each other: v1 holding one resource keeps a v2 lock over
 });
 
 test('[a, b] and [b, a] in a loop from two processes, beside a plain lock on b: no deadlock, never overlapping', async () => {
-  await raw.del('multi:inside:a', 'multi:inside:b', '{multi}:breaches', '{multi}:sections');
+  await eachKey.del(raw, 'multi:inside:a', 'multi:inside:b', '{multi}:breaches', '{multi}:sections');
   await runWorkers('multi-worker.mjs', [
     { url: server.url, resources: ['a', 'b'], sections: 40 },
     { url: server.url, resources: ['b', 'a'], sections: 40 },
@@ -80,7 +80,7 @@ test('[a, b] and [b, a] in a loop from two processes, beside a plain lock on b: 
   ]);
   assert.equal(Number(await raw.get('{multi}:sections')), 100, 'every section ran');
   assert.equal(Number(await raw.get('{multi}:breaches')), 0, 'no two sections shared a resource');
-  assert.equal(await raw.exists('lock:a', 'lock:b'), 0);
+  assert.equal(await eachKey.exists(raw, 'lock:a', 'lock:b'), 0);
 });
 
 test('a lease over several resources: auto-extended, lost when one key is taken away, woken by a release of any', async () => {
@@ -109,11 +109,11 @@ test('a lease over several resources: auto-extended, lost when one key is taken 
   assert.equal(await raw.exists('lock:ls:a'), 0, 'the other key runs out with its ttl');
   // using: released at the end, also when fn throws.
   const err = await lock.using(['u:1', 'u:2'], async () => {
-    assert.equal(await raw.exists('lock:u:1', 'lock:u:2'), 2);
+    assert.equal(await eachKey.exists(raw, 'lock:u:1', 'lock:u:2'), 2);
     throw new Error('boom');
   }).catch((e) => e);
   assert.equal(err.message, 'boom');
-  assert.equal(await raw.exists('lock:u:1', 'lock:u:2'), 0);
+  assert.equal(await eachKey.exists(raw, 'lock:u:1', 'lock:u:2'), 0);
   const blocker = await other.acquire('u:2');
   const refused = await lock.using(['u:1', 'u:2'], async () => 'never').catch((e) => e);
   assert.ok(refused instanceof LockAcquireError);
@@ -133,7 +133,7 @@ test('a signal that aborts a waiting lock over several resources leaves nothing 
   await assert.rejects(waiting, /stop/);
   await other.release('ab:b', /** @type {string} */ (held));
   await sleep(200);
-  assert.equal(await raw.exists('lock:ab:a', 'lock:ab:b'), 0);
+  assert.equal(await eachKey.exists(raw, 'lock:ab:a', 'lock:ab:b'), 0);
   await Promise.all([lock.close(), other.close()]);
 });
 
@@ -147,7 +147,7 @@ test('bad input is refused before Redis; a Semaphore, a ReadWriteLock and Redloc
   await assert.rejects(lock.acquire(new Array(2)), TypeError);
   await assert.rejects(lock.release(Array.from({ length: 1001 }, (_, i) => `r${i}`), 'f'.repeat(32)), RangeError);
   await assert.rejects(lock.isLocked(/** @type {any} */ (['a'])), TypeError);
-  assert.equal(await raw.exists('lock:a', 'lock:undefined'), 0, 'Redis unchanged');
+  assert.equal(await eachKey.exists(raw, 'lock:a', 'lock:undefined'), 0, 'Redis unchanged');
   const sem = new Semaphore(server.url, { permits: 2 });
   await assert.rejects(sem.acquire(/** @type {any} */ (['a', 'b'])), LockUnsupportedError);
   const rw = new ReadWriteLock(server.url);

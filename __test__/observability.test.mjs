@@ -445,7 +445,7 @@ test('connection channel and NODE_DEBUG: a server restart shows broken, then reo
   let stderr = '';
   child.stdout.on('data', (d) => (stdout += d));
   child.stderr.on('data', (d) => (stderr += d));
-  const exited = new Promise((resolve) => child.on('exit', resolve));
+  const exited = new Promise((resolve) => child.on('close', resolve));
   try {
     await until('the worker to hold a lock', 10000, () => stdout.includes('ready'));
     await own.restart();

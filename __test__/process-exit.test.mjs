@@ -105,7 +105,8 @@ test('a waiting acquire on a Lock nobody references any more still completes', a
     let text = '';
     child.stdout.on('data', (d) => (text += d));
     const timer = setTimeout(() => child.kill('SIGKILL'), 15000);
-    child.on('exit', (code) => {
+    // 'close', not 'exit': only then has all of its stdout been read.
+    child.on('close', (code) => {
       clearTimeout(timer);
       code === 0 ? resolve(text) : reject(new Error(`exit ${code}: ${text}`));
     });

@@ -27,17 +27,17 @@ after(async () => {
 
 /** Every key the read-write locks of `resource` left, with its ttl in ms (-1: none). */
 async function keysOf(/** @type {string} */ resource) {
-  const keys = (await raw.keys(`*rwlock:${resource}`)).sort();
+  const keys = await server.keys(`*rwlock:${resource}`);
   return Promise.all(keys.map(async (key) => /** @type {[string, number]} */ ([key, await raw.pttl(key)])));
 }
 
 test('4 processes x 40 sections, a quarter of them writes: readers overlap, a writer is always alone', async () => {
-  await raw.del('rw:readers', 'rw:writers', 'rw:breaches', 'rw:max-readers', 'rw:read-sections', 'rw:write-sections');
+  await raw.del('{rw}:readers', '{rw}:writers', '{rw}:breaches', '{rw}:max-readers', '{rw}:read-sections', '{rw}:write-sections');
   await runWorkers(
     'rw-worker.mjs',
     Array.from({ length: 4 }, () => ({ url: server.url, resource: 'doc', sections: 40, writeShare: 0.25 })),
   );
-  const [reads, writes, breaches, maxReaders] = (await raw.mget('rw:read-sections', 'rw:write-sections', 'rw:breaches', 'rw:max-readers')).map(Number);
+  const [reads, writes, breaches, maxReaders] = (await raw.mget('{rw}:read-sections', '{rw}:write-sections', '{rw}:breaches', '{rw}:max-readers')).map(Number);
   assert.equal(reads + writes, 160, 'every section ran');
   assert.ok(writes > 0 && reads > 0, `both sides ran (${reads} reads, ${writes} writes)`);
   assert.equal(breaches, 0, 'no reader beside a writer, no writer beside anybody');

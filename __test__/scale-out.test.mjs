@@ -180,8 +180,8 @@ describe('Redis Cluster', () => {
     const [a, b] = resources;
     for (const key of [`multi:inside:${a}`, `multi:inside:${b}`, '{multi}:breaches', '{multi}:sections']) await check.del(key);
     await runWorkers('multi-worker.mjs', [
-      { cluster: nodes, resources: [a, b], sections: 25 },
-      { cluster: nodes, resources: [b, a], sections: 25 },
+      { url: { cluster: nodes }, resources: [a, b], sections: 25 },
+      { url: { cluster: nodes }, resources: [b, a], sections: 25 },
     ]);
     assert.equal(Number(await check.get('{multi}:sections')), 50, 'every section ran');
     assert.equal(Number(await check.get('{multi}:breaches')), 0, 'no two sections shared a resource');

@@ -27,13 +27,13 @@ after(async () => {
 });
 
 test('3 permits, 6 processes x 30 sections: never more than 3 inside at once, every section ran', async () => {
-  await raw.del('sem:inside', 'sem:max', 'sem:sections');
+  await raw.del('{sem}:inside', '{sem}:max', '{sem}:sections');
   await runWorkers(
     'semaphore-worker.mjs',
     Array.from({ length: 6 }, () => ({ url: server.url, resource: 'pool', permits: 3, sections: 30 })),
   );
-  assert.equal(Number(await raw.get('sem:sections')), 180);
-  const max = Number(await raw.get('sem:max'));
+  assert.equal(Number(await raw.get('{sem}:sections')), 180);
+  const max = Number(await raw.get('{sem}:max'));
   assert.ok(max <= 3, `${max} sections inside at once`);
   assert.ok(max >= 2, `the permits were shared (at most ${max} inside at once)`);
   assert.equal(await raw.exists('semaphore:pool'), 0, 'nothing left once every permit is given back');

@@ -164,7 +164,7 @@ function runJob(job, timeoutMs = 300_000) {
       if (m?.type === 'result') result = m.data;
       else if (m?.type === 'error') error = m.message;
     });
-    child.on('exit', (code, signal) => {
+    child.on('close', (code, signal) => {
       clearTimeout(timer);
       if (result && pin && result.env?.cpus !== String(CLIENT_CPU)) warn(`${job.kind}/${job.impl}: child ran on CPUs ${result.env?.cpus}, not ${CLIENT_CPU}`);
       if (result) resolvePromise({ ...result, ...probe.stop(result.env?.cpuSeconds ?? 0) });
@@ -447,7 +447,7 @@ async function contentionRound(impl, target, procs, check) {
           finishAll(new Error(m.message));
         }
       });
-      child.on('exit', (code) => {
+      child.on('close', (code) => {
         if (!done[i]) finishAll(new Error(`contention worker process exited with ${code} before reporting`));
       });
     });

@@ -7,7 +7,7 @@
 //   3. the TypeScript check of the facade, the tests and the v1 README consumer
 //   4. the JS black-box tests (node --test), against real Redis; then the API tests again with
 //      the event-loop transport off, the API and lease tests over TLS, and the API, lease and
-//      waiting tests over Sentinel
+//      waiting tests over Sentinel and over a 3-master Cluster
 //   5. with SDL_TEST_NODES (node binaries separated by ':'), the API, lease, fault, process-exit and
 //      observability tests once more on each of those Node lines (.ci/run passes 22, 24 and 26 from
 //      the npm registry)
@@ -41,8 +41,9 @@ const otherServers = (process.env.SDL_TEST_SERVERS ?? '').split(':').filter(Bool
 // hand with SDL_TEST_REDIS_SERVER; they are left out of CI to keep it under 15 minutes: they test
 // the client side, the same on every server.)
 const serverSuites = ['__test__/api.test.mjs', '__test__/leases.test.mjs', '__test__/semaphore.test.mjs', '__test__/read-write-lock.test.mjs', '__test__/redlock.test.mjs', '__test__/scale-out.test.mjs'];
-// Over Sentinel: the calls, the leases, waiting, exclusion and order, and the other primitives.
-const sentinelSuites = ['api', 'leases', 'exclusion', 'order', 'semaphore', 'read-write-lock', 'multi'].map((name) => `__test__/${name}.test.mjs`);
+// Over Sentinel and over Cluster: the calls, the leases, waiting, exclusion and order, and the
+// other primitives.
+const topologySuites = ['api', 'leases', 'exclusion', 'order', 'semaphore', 'read-write-lock', 'multi'].map((name) => `__test__/${name}.test.mjs`);
 // On another Node line: the calls, the leases, the faults, that nothing keeps the process alive,
 // and the diagnostics channels (their API grew between Node lines).
 const nodeLineSuites = ['__test__/api.test.mjs', '__test__/leases.test.mjs', '__test__/faults.test.mjs', '__test__/process-exit.test.mjs', '__test__/observability.test.mjs'];
@@ -64,7 +65,9 @@ const steps = [
   ['API and lease tests over TLS', process.execPath, ['--test', '--test-reporter=dot', '__test__/api.test.mjs', '__test__/leases.test.mjs']],
   // The API, lease and waiting suites with every server behind a sentinel of its own (see
   // helpers/redis-server.mjs): the Locks find their master through Sentinel.
-  ['API, lease and waiting tests over Sentinel', process.execPath, ['--test', '--test-reporter=dot', ...sentinelSuites]],
+  ['API, lease and waiting tests over Sentinel', process.execPath, ['--test', '--test-reporter=dot', ...topologySuites]],
+  // The same with every server a Redis Cluster of 3 masters: resources spread over the masters.
+  ['API, lease and waiting tests over Cluster', process.execPath, ['--test', '--test-reporter=dot', ...topologySuites]],
   // The event-loop lane calls libuv inside the host process: check it on every Node line asked for.
   ...otherNodes.map((node) => /** @type {[string, string, string[]]} */ ([`API tests on ${node}`, node, ['--test', '--test-reporter=dot', ...nodeLineSuites]])),
   ...otherServers.map((server) => /** @type {[string, string, string[]]} */ ([`suites on the server ${server}`, process.execPath, ['--test', '--test-reporter=dot', ...serverSuites]])),
@@ -86,6 +89,7 @@ function makeTlsDir() {
 function envFor(title) {
   if (title.includes('lane off')) return { ...process.env, SDL_EVENT_LOOP_LANE: '0' };
   if (title.includes('over Sentinel')) return { ...process.env, SDL_TEST_TOPOLOGY: 'sentinel' };
+  if (title.includes('over Cluster')) return { ...process.env, SDL_TEST_TOPOLOGY: 'cluster' };
   const server = otherServers.find((path) => title === `suites on the server ${path}`);
   if (server) return { ...process.env, SDL_TEST_REDIS_SERVER: server };
   if (title.includes('over TLS')) {

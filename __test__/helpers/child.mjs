@@ -35,7 +35,8 @@ export function runChild(script, config, lane, limitMs) {
       killed = true;
       child.kill('SIGKILL');
     }, limitMs);
-    child.on('exit', (code, signal) => {
+    // 'close', not 'exit': 'exit' can come before the last of stdout is read.
+    child.on('close', (code, signal) => {
       clearTimeout(timer);
       resolve({ code, signal, stdout, stderr, killed });
     });

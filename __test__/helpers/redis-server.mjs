@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Redis } from 'ioredis';
+import { Cluster, Redis } from 'ioredis';
 
 /** @returns {Promise<number>} */
 export function freePort() {
@@ -65,8 +65,15 @@ function tlsArgs(port) {
  * `SDL_TEST_TOPOLOGY=sentinel`: a server a test starts with `RedisServer.start()` is a master
  * behind a sentinel of its own; `url` is `redis+sentinel://` and `client()` asks the sentinel,
  * so a Lock made from either finds the master through Sentinel, and the same suites run over
- * Sentinel (`npm test` does this for the API, lease and waiting suites). Servers the topology
- * helpers start are left alone.
+ * Sentinel (`npm test` does this for the API, lease and waiting suites).
+ *
+ * `SDL_TEST_TOPOLOGY=cluster`: `RedisServer.start()` starts a Redis Cluster of 3 masters instead
+ * (helpers/topology.mjs); `url` is then `{ cluster: [node URLs] }` (what a Lock takes for a
+ * cluster, and what rawClient() opens), `client()` is an ioredis `Cluster`, `port` is the first
+ * master's, and kill / restart / stop act on every node. Commands without a key go to one node
+ * of a Cluster client, so the tests ask every master through `everyMaster()` and `keys()`.
+ *
+ * Servers the topology helpers start are left alone in both.
  */
 const TOPOLOGY = process.env.SDL_TEST_TOPOLOGY ?? 'single';
 const SENTINEL_MASTER = 'sdl-test';
@@ -93,10 +100,22 @@ export class RedisServer {
     this.clients = [];
     /** SDL_TEST_TOPOLOGY=sentinel: the sentinel in front of it. @type {{ port: number, child: import('node:child_process').ChildProcess, dir: string } | null} */
     this.sentinel = null;
+    /** SDL_TEST_TOPOLOGY=cluster: the cluster it stands for. @type {import('./topology.mjs').ClusterTopology | null} */
+    this.cluster = null;
+    /** Plain clients of single masters, for everyMaster(). @type {Map<number, Redis>} */
+    this.direct = new Map();
   }
 
   /** @param {string[]} [args] extra redis-server arguments, e.g. ['--requirepass', 'x'] */
   static async start(args = []) {
+    if (TOPOLOGY === 'cluster') {
+      // Imported here: topology.mjs builds its nodes from this module.
+      const { startCluster } = await import('./topology.mjs');
+      const cluster = await startCluster({ masters: 3, serverArgs: args });
+      const server = new RedisServer(cluster.nodes[0].port, args);
+      server.cluster = cluster;
+      return server;
+    }
     const server = new RedisServer(await freePort(), args);
     await server.spawn();
     if (TOPOLOGY === 'sentinel') await server.startSentinel();
@@ -151,13 +170,23 @@ export class RedisServer {
     ]);
   }
 
+  /**
+   * What a Lock, a Semaphore or rawClient() takes to reach this server: a URL, or over a cluster
+   * the `{ cluster: [...] }` options a Lock takes.
+   * @returns {any} typed loosely: a string, except over a cluster
+   */
   get url() {
+    if (this.cluster) return { cluster: this.cluster.nodes.map((node) => node.url) };
     if (this.sentinel) return `redis+sentinel://127.0.0.1:${this.sentinel.port}/${SENTINEL_MASTER}`;
     return `${TLS_DIR ? 'rediss' : 'redis'}://127.0.0.1:${this.port}`;
   }
 
-  /** Stops the server at once (SIGKILL): its data is gone, like a crash. */
+  /** Stops the server (over a cluster, every node) at once (SIGKILL): its data is gone, like a crash. */
   async kill() {
+    if (this.cluster) {
+      await Promise.all(this.cluster.servers.map((node) => node.kill()));
+      return;
+    }
     const child = this.child;
     this.child = null;
     if (!child || child.exitCode !== null) return;
@@ -168,14 +197,62 @@ export class RedisServer {
 
   async restart() {
     await this.kill();
+    if (this.cluster) {
+      // Each node finds its slots and peers again in its nodes.conf, then the cluster is ok.
+      await Promise.all(this.cluster.servers.map((node) => node.spawn()));
+      await this.cluster.ready(20000);
+      return;
+    }
     await this.spawn();
   }
 
   /**
-   * A plain ioredis client for checking state behind the library's back.
+   * `command` on every master (one here; behind Sentinel, the master; over a cluster, each
+   * master): commands without a key, like SCRIPT FLUSH, INFO, DBSIZE, PUBSUB NUMSUB.
+   * @param {string} command @param {...(string | number)} args
+   * @returns {Promise<unknown[]>} one reply per master
+   */
+  async everyMaster(command, ...args) {
+    const ports = this.cluster
+      ? (await this.cluster.view()).nodes.filter((node) => node.flags.includes('master') && !node.flags.includes('fail')).map((node) => node.port)
+      : [this.port];
+    return Promise.all(ports.map((port) => this.directClient(port).call(command, ...args)));
+  }
+
+  /** Every key matching `pattern`, on every master, sorted. @param {string} pattern */
+  async keys(pattern) {
+    const replies = /** @type {string[][]} */ (await this.everyMaster('KEYS', pattern));
+    return replies.flat().sort();
+  }
+
+  /** @param {number} port */
+  directClient(port) {
+    let client = this.direct.get(port);
+    if (!client) {
+      const password = passwordIn(this.args);
+      client = new Redis({ port, host: '127.0.0.1', maxRetriesPerRequest: 1, ...(TLS_DIR ? { tls: {} } : {}), ...(password === null ? {} : { password }) });
+      client.on('error', () => {});
+      this.direct.set(port, client);
+    }
+    return client;
+  }
+
+  /**
+   * A plain ioredis client for checking state behind the library's back (over a cluster, an
+   * ioredis `Cluster`, typed as a `Redis`: the tests use commands both have).
    * @param {import('ioredis').RedisOptions} [options]
+   * @returns {Redis}
    */
   client(options = {}) {
+    if (this.cluster) {
+      // A Cluster takes keyPrefix and lazyConnect itself, the rest for each node.
+      const { keyPrefix, lazyConnect, ...redisOptions } = options;
+      if (redisOptions.db) throw new RangeError('client(): a cluster has only database 0');
+      const cluster = new Cluster(this.cluster.startupNodes, { keyPrefix, lazyConnect, redisOptions: { maxRetriesPerRequest: 1, ...redisOptions } });
+      cluster.on('error', () => {});
+      this.clients.push(/** @type {any} */ (cluster));
+      return /** @type {any} */ (cluster);
+    }
     const tls = TLS_DIR ? { tls: {} } : {};
     const where = this.sentinel ? { sentinels: [{ host: '127.0.0.1', port: this.sentinel.port }], name: SENTINEL_MASTER } : { port: this.port, host: '127.0.0.1' };
     const client = new Redis({ ...where, lazyConnect: false, maxRetriesPerRequest: 1, ...tls, ...options });
@@ -187,6 +264,13 @@ export class RedisServer {
   async stop() {
     for (const client of this.clients) client.disconnect();
     this.clients = [];
+    for (const client of this.direct.values()) client.disconnect();
+    this.direct.clear();
+    if (this.cluster) {
+      await this.cluster.stop();
+      this.cluster = null;
+      return;
+    }
     await this.kill();
     if (this.sentinel) {
       this.sentinel.child.kill('SIGKILL');
@@ -196,3 +280,16 @@ export class RedisServer {
     }
   }
 }
+
+/**
+ * Multi-key commands sent one key at a time, as a cluster needs for keys in several slots (it
+ * refuses them in one command with CROSSSLOT): `del` and `exists` count, `mget` lists values.
+ */
+export const eachKey = {
+  /** @param {Redis} client @param {...string} keys */
+  del: async (client, ...keys) => (await Promise.all(keys.map((key) => client.del(key)))).reduce((a, b) => a + b, 0),
+  /** @param {Redis} client @param {...string} keys */
+  exists: async (client, ...keys) => (await Promise.all(keys.map((key) => client.exists(key)))).reduce((a, b) => a + b, 0),
+  /** @param {Redis} client @param {...string} keys */
+  mget: (client, ...keys) => Promise.all(keys.map((key) => client.get(key))),
+};

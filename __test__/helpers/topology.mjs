@@ -184,13 +184,15 @@ class AdminClients {
  * Measured on 2 cores: 3 masters + 3 replicas ready in ~2.3 s (Redis keeps a new master out of
  * `cluster_state:ok` for its first 2 s); waitForFailover() after killMaster() takes ~2-3 s with
  * nodeTimeoutMs 1000.
- * @param {{ masters?: number, replicasPerMaster?: number, nodeTimeoutMs?: number }} [options]
+ * `serverArgs` go to every node (e.g. `--enable-debug-command yes`).
+ * @param {{ masters?: number, replicasPerMaster?: number, nodeTimeoutMs?: number, serverArgs?: string[] }} [options]
  */
-export async function startCluster({ masters = 3, replicasPerMaster = 0, nodeTimeoutMs = 1000 } = {}) {
+export async function startCluster({ masters = 3, replicasPerMaster = 0, nodeTimeoutMs = 1000, serverArgs = [] } = {}) {
   if (masters < 3) throw new RangeError('redis-cli --cluster create needs at least 3 masters');
+  if (serverArgs.includes('--requirepass')) throw new RangeError('startCluster: the harness does not pass a password to redis-cli or its admin clients');
   const cluster = new ClusterTopology(nodeTimeoutMs);
   try {
-    await cluster.start(masters, replicasPerMaster);
+    await cluster.start(masters, replicasPerMaster, serverArgs);
   } catch (err) {
     await cluster.stop();
     throw err;
@@ -223,8 +225,8 @@ export class ClusterTopology {
     unstopped.add(this.killNow);
   }
 
-  /** @param {number} masters @param {number} replicasPerMaster */
-  async start(masters, replicasPerMaster) {
+  /** @param {number} masters @param {number} replicasPerMaster @param {string[]} serverArgs */
+  async start(masters, replicasPerMaster, serverArgs) {
     const dir = await mkdtemp(join(tmpdir(), 'sdl-cluster-'));
     this.dir = dir;
     const nodeCount = masters * (1 + replicasPerMaster);
@@ -239,6 +241,7 @@ export class ClusterTopology {
           '--cluster-port', String(busPort),
           '--cluster-node-timeout', String(this.nodeTimeoutMs),
           ...dataNodeArgs(dir, port),
+          ...serverArgs,
         ]),
       );
     }
@@ -257,22 +260,7 @@ export class ClusterTopology {
       throw new Error(`redis-cli --cluster create failed: ${err instanceof Error ? err.message : err}\n${stdout}${stderr}`);
     }
 
-    const view = await waitFor('every cluster node to be ready', 20000, async () => {
-      for (const server of this.servers) {
-        const info = parseInfo(await this.admin.call(server.port, 'CLUSTER', 'INFO'));
-        const [state, slotsOk, known] = ['cluster_state', 'cluster_slots_ok', 'cluster_known_nodes'].map((f) => info.get(f));
-        if (state !== 'ok' || slotsOk !== String(SLOT_COUNT) || known !== String(nodeCount)) {
-          throw new Error(`node ${server.port}: cluster_state:${state} cluster_slots_ok:${slotsOk} cluster_known_nodes:${known}`);
-        }
-      }
-      const view = parseClusterNodes(await this.admin.call(this.servers[0].port, 'CLUSTER', 'NODES'));
-      // A replica that never synced refuses to fail over (its data counts as infinitely old).
-      for (const node of view.filter((entry) => entry.flags.includes('slave'))) {
-        const replication = parseInfo(await this.admin.call(node.port, 'INFO', 'replication'));
-        if (replication.get('master_link_status') !== 'up') throw new Error(`replica ${node.port} is not in sync`);
-      }
-      return view;
-    });
+    const view = await this.ready(20000);
 
     this.nodes = this.servers.map((server) => {
       const entry = view.find((node) => node.port === server.port);
@@ -288,6 +276,31 @@ export class ClusterTopology {
     });
     this.nodes.sort((a, b) => Number(a.role === 'replica') - Number(b.role === 'replica'));
     this.startupNodes = this.servers.map((server) => ({ host: HOST, port: server.port }));
+  }
+
+  /**
+   * Resolves with the CLUSTER NODES view once every node reports `cluster_state:ok`, all slots
+   * served, every node known, and every replica in sync.
+   * @param {number} timeoutMs
+   */
+  async ready(timeoutMs) {
+    const nodeCount = this.servers.length;
+    return waitFor('every cluster node to be ready', timeoutMs, async () => {
+      for (const server of this.servers) {
+        const info = parseInfo(await this.admin.call(server.port, 'CLUSTER', 'INFO'));
+        const [state, slotsOk, known] = ['cluster_state', 'cluster_slots_ok', 'cluster_known_nodes'].map((f) => info.get(f));
+        if (state !== 'ok' || slotsOk !== String(SLOT_COUNT) || known !== String(nodeCount)) {
+          throw new Error(`node ${server.port}: cluster_state:${state} cluster_slots_ok:${slotsOk} cluster_known_nodes:${known}`);
+        }
+      }
+      const view = parseClusterNodes(await this.admin.call(this.servers[0].port, 'CLUSTER', 'NODES'));
+      // A replica that never synced refuses to fail over (its data counts as infinitely old).
+      for (const node of view.filter((entry) => entry.flags.includes('slave'))) {
+        const replication = parseInfo(await this.admin.call(node.port, 'INFO', 'replication'));
+        if (replication.get('master_link_status') !== 'up') throw new Error(`replica ${node.port} is not in sync`);
+      }
+      return view;
+    });
   }
 
   /**

@@ -23,7 +23,8 @@ export async function runWorkers(script, configs, timeoutMs = 60000) {
             child.kill('SIGKILL');
             reject(new Error(`worker timed out after ${timeoutMs} ms: ${output}`));
           }, timeoutMs);
-          child.on('exit', (code, signal) => {
+          // 'close', not 'exit': 'exit' can come before the last of stdout is read.
+          child.on('close', (code, signal) => {
             clearTimeout(timer);
             if (code === 0) resolve(output);
             else reject(new Error(`worker exited with ${code ?? signal}: ${output}`));

@@ -199,8 +199,13 @@ pub enum Event {
         sent_at: Instant,
         ttl: Duration,
     },
-    /// Start (`Watch`) or stop listening for releases of a key, for one waiter each.
-    Watch(String),
+    /// Start listening for releases of a key, for one waiter; on a cluster, `home` is the
+    /// master serving its slot (where its releases are published), if the slot map knows it.
+    Watch {
+        key: String,
+        home: Option<Arc<ServerConfig>>,
+    },
+    /// Stop listening for releases of a key, for one waiter.
     Unwatch(String),
     /// Something for the operator (see `notice`).
     Notice(Notice),
@@ -1214,8 +1219,29 @@ impl Core {
         let Some(w) = self.waits.get(id) else {
             return;
         };
-        for key in std::iter::once(&w.key).chain(&w.spec.also) {
-            self.events.push(Event::Watch(key.clone()));
+        let keys: Vec<String> = std::iter::once(&w.key)
+            .chain(&w.spec.also)
+            .cloned()
+            .collect();
+        for key in keys {
+            let home = self.home_of(&key);
+            self.events.push(Event::Watch { key, home });
+        }
+    }
+
+    /// On a cluster, the master serving `key`'s slot, if the slot map says which.
+    fn home_of(&self, key: &str) -> Option<Arc<ServerConfig>> {
+        let Layout::Cluster(map) = &self.layout else {
+            return None;
+        };
+        let conn = map
+            .slots
+            .get(usize::from(keys::slot(key)))
+            .copied()
+            .flatten()?;
+        match &self.endpoints[conn] {
+            Endpoint::Server(config) => Some(config.clone()),
+            Endpoint::Sentinel(_) => None,
         }
     }
 

@@ -314,7 +314,13 @@ fn a_hand_over_release_is_quiet_and_the_waiters_attempt_follows_it_in_the_same_w
     h.reply(0, &sha_reply());
     h.reply(0, b":0\r\n"); // held
     let watch: Vec<Event> = h.core.take_events();
-    assert!(watch.contains(&Event::Watch("k".into())), "{watch:?}");
+    assert!(
+        watch.contains(&Event::Watch {
+            key: "k".into(),
+            home: None
+        }),
+        "{watch:?}"
+    );
     h.core.call(
         2,
         Call::Release {
@@ -689,6 +695,43 @@ fn the_echo_of_this_locks_own_open_release_does_not_let_its_waiter_barge() {
 
 fn cluster() -> Harness {
     Harness::new(Topology::Cluster(vec![config(7000)]))
+}
+
+#[test]
+fn on_a_cluster_a_waiter_listens_on_the_master_of_its_key() {
+    // PUBLISH on a cluster counts only the subscribers on the node that ran it (the key's
+    // master), and reaches the others only through the cluster bus, later: so a waiter
+    // subscribes where its key lives.
+    let mut h = cluster();
+    h.core.call(
+        1,
+        Call::Acquire {
+            spec: spec("k"),
+            retry: waiting(10_000),
+        },
+        h.now,
+    );
+    h.open_all();
+    let _ = h.commands(0);
+    h.answer(
+        0,
+        &[b"*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$9\r\n127.0.0.1\r\n:7001\r\n"],
+    );
+    h.open_all();
+    let _ = h.commands(1);
+    h.answer(1, &[b":0\r\n"]); // held
+    let events = h.core.take_events();
+    let homes: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Watch { key, home } => Some((key.clone(), home.as_ref().map(|c| c.target()))),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        homes,
+        [("k".to_string(), Some("127.0.0.1:7001".to_string()))]
+    );
 }
 
 #[test]

@@ -290,7 +290,37 @@ fn route(responders: &Weak<Responders>, done: Vec<(CallId, Outcome)>, sink: Opti
     }
 }
 
+/// What a subscriber heard goes to the core of the Locker `owner`, if it still lives.
+fn listener(owner: Weak<Inner>) -> crate::subscriber::Listener {
+    Box::new(move |heard| {
+        if let Some(inner) = owner.upgrade() {
+            let now = Instant::now();
+            inner.touch(|core| match heard {
+                Heard::Released(key) => core.release_heard(key, now),
+                Heard::Subscribed => core.release_heard_all(now),
+            });
+        }
+    })
+}
+
+/// On a cluster, the subscribers on the masters serving watched keys. A release is published
+/// on its key's master; heard there, it needs no relay over the cluster bus, which can take many
+/// milliseconds (seen here on a new cluster: 25 ms), long enough for the releasing process's own
+/// waiter to take every turn.
+struct Homes {
+    /// Every node, tried after the home one.
+    sources: Vec<Endpoint>,
+    timeouts: (Duration, Duration),
+    /// Subscriber per master (`ServerConfig::target`), made when a key there is first watched;
+    /// each holds a connection only while it has watchers.
+    by_target: HashMap<String, Subscriber>,
+    /// Per key, the master each of its watchers subscribed on (in watch order).
+    watched: HashMap<String, std::collections::VecDeque<String>>,
+}
+
 struct Inner {
+    me: Weak<Inner>,
+    homes: Mutex<Homes>,
     main: Awaited,
     transport: Transport,
     background: Arc<Awaited>,
@@ -371,23 +401,21 @@ impl Locker {
         };
         let closed = CancellationToken::new();
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
-            let listener_owner = weak.clone();
             let subscriber = Subscriber::new(
-                sources,
+                sources.clone(),
                 runtime.clone(),
                 closed.clone(),
-                Box::new(move |heard| {
-                    if let Some(inner) = listener_owner.upgrade() {
-                        let now = Instant::now();
-                        inner.touch(|core| match heard {
-                            Heard::Released(key) => core.release_heard(key, now),
-                            Heard::Subscribed => core.release_heard_all(now),
-                        });
-                    }
-                }),
+                listener(weak.clone()),
                 timeouts,
             );
             Inner {
+                me: weak.clone(),
+                homes: Mutex::new(Homes {
+                    sources,
+                    timeouts,
+                    by_target: HashMap::new(),
+                    watched: HashMap::new(),
+                }),
                 leases: Leases::new(
                     runtime.clone(),
                     background.clone(),
@@ -652,6 +680,62 @@ impl Locker {
 }
 
 impl Inner {
+    fn lock_homes(&self) -> std::sync::MutexGuard<'_, Homes> {
+        self.homes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// One more waiter listens for releases of `key`: on its home master if it has one (a
+    /// cluster), else on the Locker's subscriber.
+    fn watch(&self, key: &str, home: Option<Arc<crate::config::ServerConfig>>) {
+        let Some(home) = home else {
+            return self.subscriber.watch(key);
+        };
+        let target = home.target();
+        let mut homes = self.lock_homes();
+        let Homes {
+            sources,
+            timeouts,
+            by_target,
+            watched,
+        } = &mut *homes;
+        by_target
+            .entry(target.clone())
+            .or_insert_with(|| {
+                let mut tried = vec![Endpoint::Server(home)];
+                tried.extend(sources.iter().cloned());
+                Subscriber::new(
+                    tried,
+                    self.runtime.clone(),
+                    self.closed.clone(),
+                    listener(self.me.clone()),
+                    *timeouts,
+                )
+            })
+            .watch(key);
+        watched.entry(key.to_owned()).or_default().push_back(target);
+    }
+
+    /// One waiter of `key` stopped listening.
+    fn unwatch(&self, key: &str) {
+        let mut homes = self.lock_homes();
+        let mut target = None;
+        if let Some(queue) = homes.watched.get_mut(key) {
+            target = queue.pop_front();
+            if queue.is_empty() {
+                homes.watched.remove(key);
+            }
+        }
+        match target.and_then(|target| homes.by_target.get(&target)) {
+            Some(subscriber) => subscriber.unwatch(key),
+            None => {
+                drop(homes);
+                self.subscriber.unwatch(key);
+            }
+        }
+    }
+
     fn apply(&self, events: Vec<Event>) -> Vec<(CallId, Outcome)> {
         let mut done = Vec::new();
         for event in events {
@@ -670,8 +754,8 @@ impl Inner {
                     sent_at,
                     ttl,
                 } => self.leases.extended(&token, sent_at, ttl),
-                Event::Watch(key) => self.subscriber.watch(&key),
-                Event::Unwatch(key) => self.subscriber.unwatch(&key),
+                Event::Watch { key, home } => self.watch(&key, home),
+                Event::Unwatch(key) => self.unwatch(&key),
                 Event::Notice(notice) => {
                     if let Some(on_notice) = &self.on_notice {
                         on_notice(notice, false);
