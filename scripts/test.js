@@ -6,8 +6,8 @@
 //   2. engine tests in Rust (cargo test), against redis-server processes they start
 //   3. the TypeScript check of the facade, the tests and the v1 README consumer
 //   4. the JS black-box tests (node --test), against real Redis; then the API tests again with
-//      the event-loop transport off, the API and lease tests over TLS, and the API, lease and
-//      waiting tests over Sentinel and over a 3-master Cluster
+//      the event-loop transport off, and the API, lease and waiting tests over TLS, over
+//      Sentinel and over a 3-master Cluster
 //   5. with SDL_TEST_NODES (node binaries separated by ':'), the API, lease, fault, process-exit and
 //      observability tests once more on each of those Node lines (.ci/run passes 22, 24 and 26 from
 //      the npm registry)
@@ -41,8 +41,8 @@ const otherServers = (process.env.SDL_TEST_SERVERS ?? '').split(':').filter(Bool
 // hand with SDL_TEST_REDIS_SERVER; they are left out of CI to keep it under 15 minutes: they test
 // the client side, the same on every server.)
 const serverSuites = ['__test__/api.test.mjs', '__test__/leases.test.mjs', '__test__/semaphore.test.mjs', '__test__/read-write-lock.test.mjs', '__test__/redlock.test.mjs', '__test__/scale-out.test.mjs'];
-// Over Sentinel and over Cluster: the calls, the leases, waiting, exclusion and order, and the
-// other primitives.
+// Over TLS, over Sentinel and over Cluster: the calls, the leases, waiting, exclusion and order,
+// and the other primitives.
 const topologySuites = ['api', 'leases', 'exclusion', 'order', 'semaphore', 'read-write-lock', 'multi'].map((name) => `__test__/${name}.test.mjs`);
 // On another Node line: the calls, the leases, the faults, that nothing keeps the process alive,
 // and the diagnostics channels (their API grew between Node lines).
@@ -61,13 +61,12 @@ const steps = [
   ['black-box tests (node --test)', process.execPath, ['--test', '--test-reporter=spec', ...testFiles]],
   // The same API tests once more with every call on the runtime path (the event-loop lane off).
   ['API tests, event-loop lane off', process.execPath, ['--test', '--test-reporter=dot', ...apiSuites]],
-  // The API and lease suites once more with every server TLS-only (see helpers/redis-server.mjs).
-  ['API and lease tests over TLS', process.execPath, ['--test', '--test-reporter=dot', '__test__/api.test.mjs', '__test__/leases.test.mjs']],
-  // The API, lease and waiting suites with every server behind a sentinel of its own (see
-  // helpers/redis-server.mjs): the Locks find their master through Sentinel.
-  ['API, lease and waiting tests over Sentinel', process.execPath, ['--test', '--test-reporter=dot', ...topologySuites]],
-  // The same with every server a Redis Cluster of 3 masters: resources spread over the masters.
-  ['API, lease and waiting tests over Cluster', process.execPath, ['--test', '--test-reporter=dot', ...topologySuites]],
+  // The API, lease and waiting suites once more with every server TLS-only, then with every
+  // server behind a sentinel of its own, then with every server a Redis Cluster of 3 masters
+  // (see helpers/redis-server.mjs). Two files at a time: they mostly wait on Redis and timers.
+  ['API, lease and waiting tests over TLS', process.execPath, ['--test', '--test-concurrency=2', '--test-reporter=dot', ...topologySuites]],
+  ['API, lease and waiting tests over Sentinel', process.execPath, ['--test', '--test-concurrency=2', '--test-reporter=dot', ...topologySuites]],
+  ['API, lease and waiting tests over Cluster', process.execPath, ['--test', '--test-concurrency=2', '--test-reporter=dot', ...topologySuites]],
   // The event-loop lane calls libuv inside the host process: check it on every Node line asked for.
   ...otherNodes.map((node) => /** @type {[string, string, string[]]} */ ([`API tests on ${node}`, node, ['--test', '--test-reporter=dot', ...nodeLineSuites]])),
   ...otherServers.map((server) => /** @type {[string, string, string[]]} */ ([`suites on the server ${server}`, process.execPath, ['--test', '--test-reporter=dot', ...serverSuites]])),
