@@ -290,27 +290,12 @@ fn route(responders: &Weak<Responders>, done: Vec<(CallId, Outcome)>, sink: Opti
     }
 }
 
-/// What a subscriber heard goes to the core of the Locker `owner`, if it still lives.
-fn listener(owner: Weak<Inner>) -> crate::subscriber::Listener {
-    Box::new(move |heard| {
-        if let Some(inner) = owner.upgrade() {
-            let now = Instant::now();
-            inner.touch(|core| match heard {
-                Heard::Released(key) => core.release_heard(key, now),
-                Heard::Subscribed => core.release_heard_all(now),
-            });
-        }
-    })
-}
-
 /// On a cluster, the subscribers on the masters serving watched keys. A release is published
 /// on its key's master; heard there, it needs no relay over the cluster bus, which can take many
 /// milliseconds (seen here on a new cluster: 25 ms), long enough for the releasing process's own
 /// waiter to take every turn.
+#[derive(Default)]
 struct Homes {
-    /// Every node, tried after the home one.
-    sources: Vec<Endpoint>,
-    timeouts: (Duration, Duration),
     /// Subscriber per master (`ServerConfig::target`), made when a key there is first watched;
     /// each holds a connection only while it has watchers.
     by_target: HashMap<String, Subscriber>,
@@ -319,7 +304,6 @@ struct Homes {
 }
 
 struct Inner {
-    me: Weak<Inner>,
     homes: Mutex<Homes>,
     main: Awaited,
     transport: Transport,
@@ -401,21 +385,24 @@ impl Locker {
         };
         let closed = CancellationToken::new();
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
+            let listener_owner = weak.clone();
             let subscriber = Subscriber::new(
-                sources.clone(),
+                sources,
                 runtime.clone(),
                 closed.clone(),
-                listener(weak.clone()),
+                Arc::new(move |heard| {
+                    if let Some(inner) = listener_owner.upgrade() {
+                        let now = Instant::now();
+                        inner.touch(|core| match heard {
+                            Heard::Released(key) => core.release_heard(key, now),
+                            Heard::Subscribed => core.release_heard_all(now),
+                        });
+                    }
+                }),
                 timeouts,
             );
             Inner {
-                me: weak.clone(),
-                homes: Mutex::new(Homes {
-                    sources,
-                    timeouts,
-                    by_target: HashMap::new(),
-                    watched: HashMap::new(),
-                }),
+                homes: Mutex::default(),
                 leases: Leases::new(
                     runtime.clone(),
                     background.clone(),
@@ -694,27 +681,16 @@ impl Inner {
         };
         let target = home.target();
         let mut homes = self.lock_homes();
-        let Homes {
-            sources,
-            timeouts,
-            by_target,
-            watched,
-        } = &mut *homes;
-        by_target
+        homes
+            .by_target
             .entry(target.clone())
-            .or_insert_with(|| {
-                let mut tried = vec![Endpoint::Server(home)];
-                tried.extend(sources.iter().cloned());
-                Subscriber::new(
-                    tried,
-                    self.runtime.clone(),
-                    self.closed.clone(),
-                    listener(self.me.clone()),
-                    *timeouts,
-                )
-            })
+            .or_insert_with(|| self.subscriber.sibling(Endpoint::Server(home)))
             .watch(key);
-        watched.entry(key.to_owned()).or_default().push_back(target);
+        homes
+            .watched
+            .entry(key.to_owned())
+            .or_default()
+            .push_back(target);
     }
 
     /// One waiter of `key` stopped listening.

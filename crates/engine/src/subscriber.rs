@@ -28,7 +28,7 @@ pub(crate) enum Heard<'a> {
     Subscribed,
 }
 
-pub(crate) type Listener = Box<dyn Fn(Heard<'_>) + Send + Sync>;
+pub(crate) type Listener = Arc<dyn Fn(Heard<'_>) + Send + Sync>;
 
 enum Command {
     Subscribe(String),
@@ -73,6 +73,21 @@ impl Subscriber {
                 cancel,
             }),
         }
+    }
+
+    /// A subscriber of its own (with its own connection) that tries `first` before this one's
+    /// sources, and tells the same listener; it closes with this one.
+    pub(crate) fn sibling(&self, first: Endpoint) -> Self {
+        let inner = &self.inner;
+        let mut sources = vec![first];
+        sources.extend(inner.sources.iter().cloned());
+        Self::new(
+            sources,
+            inner.runtime.clone(),
+            inner.cancel.clone(),
+            inner.listener.clone(),
+            (inner.connect_timeout, inner.command_timeout),
+        )
     }
 
     /// One more waiter watches `key`.
